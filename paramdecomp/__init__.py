@@ -1,0 +1,2 @@
+"""paramdecomp: parameter-space interpretability methods over pure JAX functions."""
+__version__ = "0.1.0"

@@ -1,0 +1,161 @@
+"""APD: attribution-based parameter decomposition (METHODS.md §1).
+
+The decomposed weights are the leaves of the target's params pytree matched by `cfg.decompose`
+(regular expressions over '/'-joined paths). Each gets C rank-m components P_c = U_c V_c^T. Nothing
+here knows the architecture: every forward pass is ``apply(params', x)`` with some leaves replaced.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from paramdecomp import config as cfglib
+from paramdecomp import lowrank, pytree, sparsity
+from paramdecomp.grads import directional_derivatives
+from paramdecomp.lowrank import Factors
+
+Components = dict[str, Factors]
+ATTRIBUTIONS = ("gradient", "ablation")
+ATTRIBUTION_MODELS = ("target", "apd")
+SPARSITY = ("batch_topk", "topk")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """APD hyperparameters; the TMS 5-2 values of the paper (§1.8) as defaults."""
+  return ml_collections.ConfigDict(dict(
+      decompose=("W",),          # path patterns of the weights to decompose
+      C=5,                       # number of components
+      m=3,                       # rank of each component per weight (0: full, min(a, b))
+      init="xavier_normal",      # or kaiming_uniform
+      init_scale=1.0,
+      attribution="gradient",    # gradient | ablation
+      attribution_model="target",  # target | apd: whose gradients the attributions use
+      sparsity="batch_topk",     # batch_topk | topk
+      topk=0.211,                # mean active components per sample (integer k for topk)
+      faithfulness_coeff=1.0,
+      minimality_coeff=1.0,
+      simplicity_coeff=0.7,
+      schatten_p=1.0,
+  ))
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  cfglib.check_fields(cfg, default_config())
+  cfglib.one_of(cfg, "attribution", ATTRIBUTIONS)
+  cfglib.one_of(cfg, "attribution_model", ATTRIBUTION_MODELS)
+  cfglib.one_of(cfg, "sparsity", SPARSITY)
+  cfglib.one_of(cfg, "init", ("xavier_normal", "kaiming_uniform"))
+  cfglib.positive(cfg, "C", "topk", "schatten_p")
+  cfglib.require(cfg.m >= 0, "m", f"must be >= 0 (0 = full rank), got {cfg.m}")
+  cfglib.require(cfg.sparsity != "topk" or float(cfg.topk).is_integer(), "topk",
+                 f"per-sample top-k needs an integer k, got {cfg.topk}")
+  cfglib.require(cfg.sparsity != "topk" or cfg.topk <= cfg.C, "topk",
+                 f"k={cfg.topk} exceeds C={cfg.C}")
+  cfglib.require(len(cfg.decompose) > 0, "decompose", "names no weights")
+
+
+def init(key, params, cfg) -> Components:
+  """Factors for every decomposed weight of `params` (2-d leaves matched by cfg.decompose)."""
+  paths = pytree.select(params, cfg.decompose)
+  out = {}
+  for i, (path, w) in enumerate(pytree.get(params, paths).items()):
+    if w.ndim != 2:
+      raise ValueError(f"APD decomposes 2-d weights; {path!r} has shape {w.shape}")
+    rank = cfg.m or min(w.shape)
+    out[path] = lowrank.init_factors(jax.random.fold_in(key, i), w.shape, cfg.C, rank,
+                                     cfg.init, cfg.init_scale, w.dtype)
+  return out
+
+
+def check_components(params, comps: Components) -> None:
+  """Raise a clear error when components do not fit the params they decompose."""
+  ws = pytree.get(params, list(comps))
+  cs = {f.U.shape[0] for f in comps.values()}
+  if len(cs) != 1:
+    raise ValueError(f"all weights need the same number of components, got {cs}")
+  for path, f in comps.items():
+    want = (f.U.shape[1], f.V.shape[1])
+    if ws[path].shape != want:
+      raise ValueError(f"components of {path!r} have shape {want}, the weight {ws[path].shape}")
+
+
+def n_decomposed(params, comps: Components) -> int:
+  return sum(w.size for w in pytree.get(params, list(comps)).values())
+
+
+def _with(params, weights: dict):
+  return pytree.replace(params, weights)
+
+
+def attributions(apply: Callable, params, comps: Components, x: jax.Array,
+                 cfg) -> jax.Array:
+  """[B, C] attributions of each component on each sample (§1.3), without gradient."""
+  comps = jax.lax.stop_gradient(comps)
+  totals = {p: lowrank.total(f) for p, f in comps.items()}
+  mats = {p: lowrank.components(f) for p, f in comps.items()}  # [C, a, b]
+  if cfg.attribution == "gradient":
+    base = params if cfg.attribution_model == "target" else _with(params, totals)
+    primal = pytree.get(base, list(comps))
+    fn = lambda ws: apply(_with(base, ws), x)
+    _, dots = directional_derivatives(fn, primal, mats)          # [C, B, ...]
+    dots = dots.reshape(dots.shape[:2] + (-1,))
+    return jnp.sqrt(jnp.mean(dots**2, axis=-1)).T
+  # ablation: output change when component c alone is removed from the all-components model
+  full = apply(_with(params, totals), x)
+  ablated = jax.vmap(lambda ms: apply(_with(params, {p: totals[p] - ms[p] for p in ms}), x))(mats)
+  diff = (ablated - full[None]).reshape(ablated.shape[:2] + (-1,))
+  return jnp.mean(diff**2, axis=-1).T
+
+
+def masked_apply(apply: Callable, params, comps: Components, mask: jax.Array,
+                 x: jax.Array) -> jax.Array:
+  """Output with each sample's decomposed weights set to sum_c mask[b, c] P_c."""
+  chex.assert_equal_shape_prefix((mask, x), 1)
+
+  def one(s, xb):
+    ws = {p: lowrank.masked_total(f, s) for p, f in comps.items()}
+    return apply(_with(params, ws), xb[None])[0]
+
+  return jax.vmap(one)(mask, x)
+
+
+def mask_from(scores: jax.Array, cfg) -> jax.Array:
+  if cfg.sparsity == "batch_topk":
+    return sparsity.batch_topk_mask(scores, cfg.topk)
+  return sparsity.topk_mask(scores, int(cfg.topk))
+
+
+def loss(comps: Components, params, x: jax.Array, key, *, apply: Callable, cfg):
+  """(total loss, metrics) of the top-k formulation (§1.5) on batch x; `key` is unused."""
+  del key  # APD's loss is deterministic given the batch
+  n = n_decomposed(params, comps)
+  target = pytree.get(params, list(comps))
+  faith = sum(jnp.sum((target[p] - lowrank.total(f)) ** 2) for p, f in comps.items()) / n
+
+  y_star = jax.lax.stop_gradient(apply(params, x))
+  mask = mask_from(attributions(apply, params, comps, x, cfg), cfg)
+  y_s = masked_apply(apply, params, comps, mask, x)
+  minimality = jnp.mean((y_s - y_star) ** 2)
+
+  per_comp = sum(lowrank.schatten(f, cfg.schatten_p) for f in comps.values())  # [C]
+  simplicity = jnp.mean(mask @ per_comp) / n
+
+  total = (cfg.faithfulness_coeff * faith + cfg.minimality_coeff * minimality
+           + cfg.simplicity_coeff * simplicity)
+  return total, {"faithfulness": faith, "minimality": minimality, "simplicity": simplicity,
+                 "active": jnp.mean(jnp.sum(mask, axis=1))}
+
+
+def make_loss(apply: Callable, cfg, batch_fn: Callable[[jax.Array], jax.Array]):
+  """loss_fn(components, target_params, key) for `paramdecomp.train`, drawing x = batch_fn(key)."""
+  validate(cfg)
+
+  def loss_fn(comps, params, key):
+    kx, kl = jax.random.split(key)
+    return loss(comps, params, batch_fn(kx), kl, apply=apply, cfg=cfg)
+
+  return loss_fn

@@ -1,0 +1,56 @@
+"""Orbax checkpointing of a whole training state (trainables, optimiser state, step, PRNG key)."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+
+class MissingCheckpointError(FileNotFoundError):
+  pass
+
+
+class Checkpointer:
+  """A `CheckpointManager` over ``<workdir>/checkpoints`` keeping the last `max_to_keep` steps."""
+
+  def __init__(self, workdir: str, max_to_keep: int = 3):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self._mgr = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self._mgr.latest_step()
+
+  def save(self, step: int, state: PyTree) -> None:
+    self._mgr.save(int(step), args=ocp.args.StandardSave(state), force=True)
+
+  def restore(self, like: PyTree, step: int | None = None) -> PyTree:
+    """The state saved at `step` (default: latest), with the structure and shardings of `like`."""
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self._mgr.all_steps():
+      raise MissingCheckpointError(
+          f"no checkpoint{'' if step is None else f' at step {step}'} in {self.directory}")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def wait(self) -> None:
+    self._mgr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mgr.close()
+
+
+def load_params(workdir: str, like: PyTree, step: int | None = None) -> PyTree:
+  """Restore a state saved by `Checkpointer` in `workdir` (raises MissingCheckpointError)."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise MissingCheckpointError(f"no checkpoints directory in {os.path.abspath(workdir)}")
+  ck = Checkpointer(workdir)
+  try:
+    return ck.restore(like, step)
+  finally:
+    ck.close()

@@ -1,0 +1,41 @@
+"""Per-sample gradients and forward-mode directional derivatives, shared by every method."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+def per_sample_grads(fn: Callable[..., jax.Array], params: PyTree, *batch: jax.Array,
+                     chunk_size: int | None = None) -> PyTree:
+  """Gradients of the scalar ``fn(params, *sample)`` for each sample of `batch`.
+
+  `batch` arrays share a leading axis B; fn sees one sample (no batch axis). Returns a pytree like
+  `params` with a leading axis B. With `chunk_size`, B is processed in chunks of that many samples
+  under `lax.map`, so at most chunk_size × params gradients are live at once.
+  """
+  g = jax.vmap(jax.grad(fn), in_axes=(None,) + (0,) * len(batch))
+  b = batch[0].shape[0]
+  if chunk_size is None or chunk_size >= b:
+    return g(params, *batch)
+  if b % chunk_size:
+    raise ValueError(f"batch {b} is not a multiple of chunk_size {chunk_size}")
+  chunked = [x.reshape((b // chunk_size, chunk_size) + x.shape[1:]) for x in batch]
+  out = jax.lax.map(lambda xs: g(params, *xs), chunked)
+  return jax.tree.map(lambda y: y.reshape((b,) + y.shape[2:]), out)
+
+
+def directional_derivatives(fn: Callable[[PyTree], jax.Array], primal: PyTree,
+                            tangents: PyTree) -> tuple[jax.Array, jax.Array]:
+  """(fn(primal), [K, ...] derivatives of fn along K stacked tangent directions) via `jvp`.
+
+  `tangents` is a pytree like `primal` whose leaves carry a leading axis K. Forward mode costs K
+  forward passes and never forms a gradient per output, so it is the cheap way to get
+  <grad_theta f_o, P_k> for every output o and direction k at once.
+  """
+  out = fn(primal)
+  dots = jax.vmap(lambda t: jax.jvp(fn, (primal,), (t,))[1])(tangents)
+  return out, dots

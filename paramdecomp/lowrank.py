@@ -1,0 +1,66 @@
+"""Low-rank parameter components: P_c = U_c V_c^T for a weight of shape [a, b].
+
+One `Factors` holds all C components of one weight leaf. Nothing here assumes which axis is the
+layer's input: for a column-vector layer ``W @ x`` V is the input side; for a Flax kernel
+``x @ K`` U is.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+
+class Factors(NamedTuple):
+  U: jax.Array  # [C, a, m]
+  V: jax.Array  # [C, b, m]
+
+
+def init_factors(key, shape, n_components: int, rank: int, init: str = "xavier_normal",
+                 scale: float = 1.0, dtype=jnp.float32) -> Factors:
+  """Factors for C components of a weight of `shape` = (a, b)."""
+  if len(shape) != 2:
+    raise ValueError(f"low-rank components need a 2-d weight, got shape {tuple(shape)}")
+  a, b = shape
+  ku, kv = jax.random.split(key)
+  if init == "xavier_normal":
+    # Torch's xavier_normal_ on [C, a, m] ([C, b, m]): fans are a*m and C*m.
+    def draw(k, d):
+      std = math.sqrt(2.0 / (d * rank + n_components * rank))
+      return std * jax.random.normal(k, (n_components, d, rank), dtype)
+  elif init == "kaiming_uniform":
+    def draw(k, d):
+      bound = math.sqrt(6.0 / (d * rank))
+      return jax.random.uniform(k, (n_components, d, rank), dtype, -bound, bound)
+  else:
+    raise ValueError(f"unknown init {init!r}; use 'xavier_normal' or 'kaiming_uniform'")
+  return Factors(scale * draw(ku, a), scale * draw(kv, b))
+
+
+def components(f: Factors) -> jax.Array:
+  """[C, a, b] component matrices."""
+  return jnp.einsum("cam,cbm->cab", f.U, f.V)
+
+
+def total(f: Factors) -> jax.Array:
+  """[a, b] sum of all components."""
+  return jnp.einsum("cam,cbm->ab", f.U, f.V)
+
+
+def masked_total(f: Factors, mask: jax.Array) -> jax.Array:
+  """[..., a, b] sum of components weighted by mask [..., C]."""
+  chex.assert_axis_dimension(mask, -1, f.U.shape[0])
+  return jnp.einsum("...c,cam,cbm->...ab", mask, f.U, f.V)
+
+
+def schatten(f: Factors, p: float, eps: float = 1e-16) -> jax.Array:
+  """[C] factorised Schatten-p penalty sum_m (|u_m|^2 |v_m|^2 + eps)^(p/2) per component.
+
+  Equals sum_m sigma_m^p when the u's and the v's are each mutually orthogonal.
+  """
+  uu = jnp.sum(f.U**2, axis=1)  # [C, m]
+  vv = jnp.sum(f.V**2, axis=1)
+  return jnp.sum((uu * vv + eps) ** (p / 2), axis=-1)

@@ -1,0 +1,29 @@
+"""Top-k and batch top-k masks over attributions (no gradient flows through a mask)."""
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+
+def topk_mask(scores: jax.Array, k: int) -> jax.Array:
+  """[B, C] 0/1 mask with exactly k ones per row, at the row's k largest scores."""
+  chex.assert_rank(scores, 2)
+  _, idx = jax.lax.top_k(jax.lax.stop_gradient(scores), k)
+  rows = jnp.arange(scores.shape[0])[:, None]
+  return jnp.zeros_like(scores).at[rows, idx].set(1.0)
+
+
+def batch_topk_mask(scores: jax.Array, k: float) -> jax.Array:
+  """[B, C] 0/1 mask keeping the floor(k*B) largest entries of the whole batch.
+
+  k is the average number of active components per sample (a real number).
+  """
+  chex.assert_rank(scores, 2)
+  b, c = scores.shape
+  n = int(k * b)
+  if not 0 < n <= b * c:
+    raise ValueError(f"batch top-k keeps floor(k*B) = {n} of {b * c} entries (k={k}, B={b})")
+  flat = jax.lax.stop_gradient(scores).reshape(-1)
+  _, idx = jax.lax.top_k(flat, n)
+  return jnp.zeros_like(flat).at[idx].set(1.0).reshape(b, c)

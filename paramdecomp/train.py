@@ -1,0 +1,133 @@
+"""The one training loop: a jitted step scanned over several steps per dispatch.
+
+A method supplies ``loss_fn(trainable, frozen, key) -> (loss, metrics)``; frozen holds the target
+weights and anything else that is traced but not trained. The step key is
+``fold_in(state.key, state.step)``, so a run is a pure function of its seed and resuming from a
+checkpoint replays exactly the same keys.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable, NamedTuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import optax
+
+from paramdecomp.checkpoint import Checkpointer
+
+PyTree = Any
+LossFn = Callable[[PyTree, PyTree, jax.Array], tuple[jax.Array, dict]]
+
+
+class TrainState(NamedTuple):
+  step: jax.Array       # int32 scalar
+  params: PyTree        # trainable
+  opt_state: PyTree
+  key: jax.Array        # base PRNG key of the run (raw uint32[2])
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def init_state(params: PyTree, optimizer: optax.GradientTransformation, key) -> TrainState:
+  return TrainState(jnp.int32(0), params, optimizer.init(params), key)
+
+
+def make_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                grad_transform: Callable[[PyTree, PyTree], PyTree] | None = None,
+                post_update: Callable[[PyTree], PyTree] | None = None):
+  """One optimisation step ``(state, frozen) -> (state, metrics)`` (not jitted)."""
+
+  def update(state: TrainState, frozen: PyTree):
+    key = jax.random.fold_in(state.key, state.step)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, frozen, key)
+    if grad_transform is not None:
+      grads = grad_transform(grads, state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if post_update is not None:
+      params = post_update(params)
+    return TrainState(state.step + 1, params, opt_state, state.key), {"loss": loss, **metrics}
+
+  return update
+
+
+def make_multi_step(update, n_steps: int, state_sharding=None, frozen_sharding=None):
+  """Jitted ``(state, frozen) -> (state, mean metrics)`` running `n_steps` updates in a scan.
+
+  The state buffers are donated: the caller must not reuse the state it passed in.
+  """
+
+  def multi(state, frozen):
+    state, metrics = jax.lax.scan(lambda s, _: update(s, frozen), state, None, length=n_steps)
+    return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+  kw = {}
+  if state_sharding is not None:
+    kw = dict(in_shardings=(state_sharding, frozen_sharding), out_shardings=(state_sharding, None))
+  return jax.jit(multi, donate_argnums=0, **kw)
+
+
+def _fmt(metrics: dict) -> str:
+  return " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+
+
+def fit(state: TrainState, frozen: PyTree, update, *, total_steps: int, workdir: str | None,
+        log_every: int = 1000, steps_per_dispatch: int = 100, checkpoint_every: int = 0,
+        checkpointer: Checkpointer | None = None, state_sharding=None, frozen_sharding=None,
+        name: str = "train") -> TrainState:
+  """Run `update` from state.step to `total_steps`.
+
+  Every `log_every` steps the mean metrics of the last dispatch go to ``metrics.jsonl`` and a
+  progress line; every `checkpoint_every` steps (and at the end) the state is saved. Both must be
+  multiples of `steps_per_dispatch`. A non-finite loss raises NonFiniteLossError before anything
+  is saved over the last good checkpoint.
+  """
+  for nm, every in (("log_every", log_every), ("checkpoint_every", checkpoint_every)):
+    if every and every % steps_per_dispatch:
+      raise ValueError(f"{nm}={every} is not a multiple of steps_per_dispatch={steps_per_dispatch}")
+  compiled: dict[int, Any] = {}
+
+  def runner(n):
+    if n not in compiled:
+      compiled[n] = make_multi_step(update, n, state_sharding, frozen_sharding)
+    return compiled[n]
+
+  log_path = os.path.join(workdir, "metrics.jsonl") if workdir else None
+  step = int(state.step)
+  t0, s0 = time.perf_counter(), step
+  while step < total_steps:
+    n = min(steps_per_dispatch, total_steps - step)
+    state, metrics = runner(n)(state, frozen)
+    step += n
+    is_last = step == total_steps
+    do_log = log_every and (step % log_every == 0 or is_last)
+    do_ckpt = checkpointer is not None and (is_last or (checkpoint_every and
+                                                        step % checkpoint_every == 0))
+    if not (do_log or do_ckpt):
+      continue
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not math.isfinite(metrics["loss"]):
+      raise NonFiniteLossError(
+          f"{name}: non-finite loss {metrics['loss']} in steps {step - n}..{step}; "
+          f"last checkpoint kept: {checkpointer.latest_step() if checkpointer else None}")
+    if do_log:
+      dt = time.perf_counter() - t0
+      rate = (step - s0) / dt if dt > 0 else float("nan")
+      eta = (total_steps - step) / rate if rate > 0 else float("nan")
+      logging.info("%s step %d/%d | %.0f steps/s | ETA %.0fs | %s", name, step, total_steps,
+                   rate, eta, _fmt(metrics))
+      if log_path:
+        with open(log_path, "a") as f:
+          f.write(json.dumps({"step": step, "steps_per_s": rate, **metrics}) + "\n")
+    if do_ckpt:
+      checkpointer.save(step, state)
+  if checkpointer is not None:
+    checkpointer.wait()
+  return state

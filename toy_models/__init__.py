@@ -1,0 +1,1 @@
+"""Toy models with known ground truth, as pure ``apply(params, x)`` functions."""

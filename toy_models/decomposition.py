@@ -1,0 +1,96 @@
+"""Decomposing a saved toy target with a method of the toolkit: run directory, summary, figures."""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from paramdecomp import apd, figures, lowrank, schedules, train
+from paramdecomp import config as cfglib
+from paramdecomp.checkpoint import Checkpointer
+from paramdecomp.metrics import mmcs_ml2r
+from toy_models import data, tms
+from toy_models.training import _start, _write_json, load_target, model_module
+
+METHODS = {"apd": apd}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.target_dir = ""          # run directory of scripts/train_toy.py
+  c.method = "apd"
+  c.apd = apd.default_config()
+  c.batch_size = 2048        # the data distribution is the target's training distribution
+  c.optim = ml_collections.ConfigDict(dict(lr=3e-2, steps=20_000, schedule="constant",
+                                           warmup_pct=0.05, halflife=1000.0))
+  c.run = ml_collections.ConfigDict(dict(log_every=1000, steps_per_dispatch=100,
+                                         checkpoint_every=5000))
+  return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  cfglib.check_fields(c, default_config())
+  cfglib.one_of(c, "method", METHODS)
+  METHODS[c.method].validate(c[c.method])
+  cfglib.one_of(c, "optim.schedule", schedules.KINDS)
+  cfglib.positive(c, "batch_size", "optim.lr", "optim.steps", "run.steps_per_dispatch")
+  cfglib.require(bool(c.target_dir), "target_dir", "is empty; name a scripts/train_toy.py run")
+
+
+def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:
+  """Decompose the target in c.target_dir; write checkpoints, metrics, summary and figures."""
+  validate(c)
+  tcfg, params = load_target(c.target_dir)
+  mod = model_module(tcfg.model.kind)
+  mcfg = c[c.method]
+  os.makedirs(workdir, exist_ok=True)
+
+  def batch_fn(key):
+    return data.sparse_features(key, c.batch_size, tcfg.model.n_features, tcfg.data.p,
+                                tcfg.data.lo, tcfg.data.hi)
+
+  key = jax.random.PRNGKey(c.seed)
+  comps = apd.init(jax.random.fold_in(key, 0), params, mcfg)
+  sched = schedules.lr_schedule(c.optim.lr, c.optim.steps, c.optim.warmup_pct, c.optim.schedule,
+                                c.optim.halflife)
+  opt = optax.adam(sched)
+  state = train.init_state(comps, opt, jax.random.fold_in(key, 1))
+  ck = Checkpointer(workdir)
+  state = _start(ck, state, resume, workdir)
+  _write_json(os.path.join(workdir, "config.json"), c.to_dict())
+  update = train.make_update(apd.make_loss(mod.apply, mcfg, batch_fn), opt)
+  state = train.fit(state, params, update, total_steps=c.optim.steps, workdir=workdir,
+                    log_every=c.run.log_every, steps_per_dispatch=c.run.steps_per_dispatch,
+                    checkpoint_every=c.run.checkpoint_every, checkpointer=ck, name=c.method)
+  ck.close()
+  summary = summarize(mod.apply, params, state.params, mcfg, batch_fn, key, tcfg, workdir)
+  _write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
+
+
+def summarize(apply, params, comps, mcfg, batch_fn, key, tcfg, workdir) -> dict:
+  """Final losses on a fresh batch, and for TMS the MMCS/ML2R and the arrow figure."""
+  x = batch_fn(jax.random.fold_in(key, 2))
+  total, metrics = jax.jit(lambda cp, p, x: apd.loss(cp, p, x, None, apply=apply, cfg=mcfg))(
+      comps, params, x)
+  out = {"loss": float(total), **{k: float(v) for k, v in metrics.items()}}
+  if tcfg.model.kind == "tms":
+    w = params["W"]
+    mats = lowrank.components(comps["W"])
+    mmcs, ml2r = mmcs_ml2r(w, mats)
+    out.update(mmcs=float(mmcs), ml2r=float(ml2r),
+               represented_features=int(tms.represented_features(params).sum()),
+               n_features=int(tcfg.model.n_features))
+    if w.shape[0] == 2:
+      out["figure"] = figures.tms_arrows(
+          np.asarray(w), np.asarray(mats), os.path.join(workdir, "tms_components.png"),
+          title=f"APD on TMS {w.shape[1]}-{w.shape[0]}: MMCS {mmcs:.3f}, ML2R {ml2r:.3f}")
+  logging.info("summary: %s", json.dumps(out))
+  return out

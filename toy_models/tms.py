@@ -1,0 +1,52 @@
+"""Toy model of superposition: x_hat = ReLU(W^T H W x + b) with tied W (METHODS.md §0.4).
+
+params: {'W': [n_hidden, n_features], 'b': [n_features]} and, for the +ID variants,
+'hidden': [n_hidden_layers, n_hidden, n_hidden] fixed to the identity (frozen in training).
+"""
+from __future__ import annotations
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+FROZEN = ("hidden",)
+
+
+def model_config(n_features: int, n_hidden: int, n_hidden_layers: int = 0,
+                 bias_zero_init: bool = False) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      kind="tms", n_features=n_features, n_hidden=n_hidden, n_hidden_layers=n_hidden_layers,
+      bias_zero_init=bias_zero_init))
+
+
+def init(key, cfg) -> dict:
+  kw, kb = jax.random.split(key)
+  n, h = cfg.n_features, cfg.n_hidden
+  params = {"W": math.sqrt(2.0 / (n + h)) * jax.random.normal(kw, (h, n))}
+  if cfg.bias_zero_init:
+    params["b"] = jnp.zeros((n,))
+  else:  # torch nn.Linear default for the decoder (fan_in = n_hidden)
+    bound = 1.0 / math.sqrt(h)
+    params["b"] = jax.random.uniform(kb, (n,), minval=-bound, maxval=bound)
+  if cfg.n_hidden_layers:
+    params["hidden"] = jnp.broadcast_to(jnp.eye(h), (cfg.n_hidden_layers, h, h))
+  return params
+
+
+def apply(params: dict, x: jax.Array) -> jax.Array:
+  """[..., n_features] -> [..., n_features]."""
+  w = params["W"]
+  chex.assert_axis_dimension(x, -1, w.shape[1])
+  h = x @ w.T
+  if "hidden" in params:
+    for layer in params["hidden"]:
+      h = h @ layer.T
+  return jax.nn.relu(h @ w + params["b"])
+
+
+def represented_features(params: dict, threshold: float = 0.5) -> jax.Array:
+  """[n_features] bool: the feature's embedding column has norm >= threshold."""
+  return jnp.linalg.norm(params["W"], axis=0) >= threshold

@@ -1,0 +1,120 @@
+"""Training, saving and loading toy targets, through the shared training loop."""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import orbax.checkpoint as ocp
+
+from paramdecomp import config as cfglib
+from paramdecomp import schedules
+from paramdecomp import train
+from paramdecomp.checkpoint import Checkpointer, MissingCheckpointError
+from toy_models import data, tms
+
+MODELS = {"tms": tms}
+
+
+def model_module(kind: str):
+  if kind not in MODELS:
+    raise cfglib.ConfigError(f"invalid config field 'model.kind': {kind!r} not in {list(MODELS)}")
+  return MODELS[kind]
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = tms.model_config(5, 2)
+  c.data = ml_collections.ConfigDict(dict(p=0.05, lo=0.0, hi=1.0, batch_size=1024))
+  c.optim = ml_collections.ConfigDict(dict(lr=5e-3, weight_decay=0.01, steps=5000,
+                                           schedule="constant", warmup_pct=0.0))
+  c.run = ml_collections.ConfigDict(dict(log_every=1000, steps_per_dispatch=500,
+                                         checkpoint_every=0))
+  return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  cfglib.check_fields(c, default_config())
+  model_module(c.model.kind)
+  cfglib.positive(c, "data.batch_size", "optim.lr", "optim.steps", "run.steps_per_dispatch")
+  cfglib.require(0 < c.data.p <= 1, "data.p", f"must be in (0, 1], got {c.data.p}")
+  cfglib.one_of(c, "optim.schedule", schedules.KINDS)
+
+
+def batch(key, c: ml_collections.ConfigDict) -> jax.Array:
+  return data.sparse_features(key, c.data.batch_size, c.model.n_features, c.data.p,
+                              c.data.lo, c.data.hi)
+
+
+def train_target(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:
+  """Train the target of config `c` in `workdir`, save it, and return its params."""
+  validate(c)
+  mod = model_module(c.model.kind)
+  os.makedirs(workdir, exist_ok=True)
+  params = mod.init(jax.random.PRNGKey(c.seed), c.model)
+  frozen = {k: params.pop(k) for k in mod.FROZEN if k in params}
+
+  def loss_fn(p, fz, key):
+    x = batch(key, c)
+    return jnp.mean((mod.apply({**p, **fz}, x) - x) ** 2), {}
+
+  sched = schedules.lr_schedule(c.optim.lr, c.optim.steps, c.optim.warmup_pct, c.optim.schedule)
+  opt = optax.adamw(sched, weight_decay=c.optim.weight_decay)
+  state = train.init_state(params, opt, jax.random.PRNGKey(c.seed + 1))
+  ck = Checkpointer(workdir)
+  state = _start(ck, state, resume, workdir)
+  _write_json(os.path.join(workdir, "config.json"), c.to_dict())
+  state = train.fit(state, frozen, train.make_update(loss_fn, opt), total_steps=c.optim.steps,
+                    workdir=workdir, log_every=c.run.log_every,
+                    steps_per_dispatch=c.run.steps_per_dispatch,
+                    checkpoint_every=c.run.checkpoint_every, checkpointer=ck, name="target")
+  ck.close()
+  params = {**state.params, **frozen}
+  save_target(workdir, c, params)
+  return params
+
+
+def _start(ck: Checkpointer, state, resume: bool, workdir: str):
+  """Resume from the latest checkpoint, or refuse to overwrite one without --resume."""
+  latest = ck.latest_step()
+  if resume:
+    if latest is None:
+      raise MissingCheckpointError(f"--resume given but no checkpoint in {ck.directory}")
+    logging.info("resuming from step %d in %s", latest, workdir)
+    return ck.restore(state)
+  if latest is not None:
+    raise FileExistsError(f"{workdir} already holds checkpoints (latest step {latest}); pass "
+                          "--resume to continue it or choose another workdir")
+  return state
+
+
+def _write_json(path: str, obj) -> None:
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+
+
+def save_target(workdir: str, c: ml_collections.ConfigDict, params: dict) -> None:
+  path = os.path.abspath(os.path.join(workdir, "target"))
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path, params, force=True)
+  _write_json(os.path.join(workdir, "target.json"), {
+      "model": c.model.to_dict(), "data": c.data.to_dict(), "seed": c.seed})
+
+
+def load_target(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
+  """(config with 'model' and 'data', params) of a target saved by `train_target`."""
+  meta = os.path.join(workdir, "target.json")
+  path = os.path.abspath(os.path.join(workdir, "target"))
+  if not (os.path.exists(meta) and os.path.isdir(path)):
+    raise MissingCheckpointError(f"no trained target in {os.path.abspath(workdir)} "
+                                 "(expected target.json and target/; run scripts/train_toy.py)")
+  with open(meta) as f:
+    c = ml_collections.ConfigDict(json.load(f))
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(path)
+  return c, jax.tree.map(jnp.asarray, params)
