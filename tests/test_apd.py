@@ -1,0 +1,189 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from paramdecomp import apd, lowrank, pytree
+from paramdecomp.config import ConfigError
+from paramdecomp.lowrank import Factors
+from toy_models import data, tms
+
+
+def _cfg(**kw):
+  c = apd.default_config()
+  c.update(kw)
+  return c
+
+
+def _brute_gradient_attr(apply, params, comps, x):
+  """sqrt(mean_o (sum_l <d f_o / d W_l, P_c,l>)^2) from full jacobians w.r.t. the weights."""
+  paths = list(comps)
+  ws = pytree.get(params, paths)
+  jac = jax.jacrev(lambda w: apply(pytree.replace(params, w), x))(ws)  # [B, O, a, b]
+  mats = {p: lowrank.components(f) for p, f in comps.items()}
+  dots = sum(jnp.einsum("boij,cij->bco", jac[p], mats[p]) for p in paths)
+  return jnp.sqrt(jnp.mean(dots**2, axis=-1))
+
+
+def _linear(params, x):
+  return x @ params["W"].T
+
+
+def test_gradient_attribution_of_a_linear_layer_is_closed_form():
+  key = jax.random.PRNGKey(0)
+  params = {"W": jax.random.normal(key, (4, 6))}
+  cfg = _cfg(C=3, m=2, decompose=("W",))
+  comps = apd.init(jax.random.PRNGKey(1), params, cfg)
+  x = jax.random.normal(jax.random.PRNGKey(2), (10, 6))
+  got = apd.attributions(_linear, params, comps, x, cfg)
+  mats = lowrank.components(comps["W"])
+  want = jnp.linalg.norm(jnp.einsum("cij,bj->bci", mats, x), axis=-1) / jnp.sqrt(4.0)
+  np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def _two_layer(params, x):
+  return jnp.tanh(x @ params["l1"]["w"].T + params["l1"]["b"]) @ params["l2"]["w"].T
+
+
+@pytest.mark.parametrize("model", ["target", "apd"])
+def test_gradient_attribution_of_two_layers_matches_jacrev(model):
+  ks = jax.random.split(jax.random.PRNGKey(3), 4)
+  params = {"l1": {"w": jax.random.normal(ks[0], (5, 3)), "b": jax.random.normal(ks[1], (5,))},
+            "l2": {"w": jax.random.normal(ks[2], (2, 5))}}
+  cfg = _cfg(C=4, m=2, decompose=(r"l\d/w",), attribution_model=model)
+  comps = apd.init(ks[3], params, cfg)
+  assert list(comps) == ["l1/w", "l2/w"]
+  x = jax.random.normal(ks[3], (7, 3))
+  got = apd.attributions(_two_layer, params, comps, x, cfg)
+  base = params if model == "target" else pytree.replace(
+      params, {p: lowrank.total(f) for p, f in comps.items()})
+  np.testing.assert_allclose(got, _brute_gradient_attr(_two_layer, base, comps, x), rtol=1e-9)
+
+
+def test_ablation_attribution_removes_the_component():
+  ks = jax.random.split(jax.random.PRNGKey(4), 3)
+  params = {"l1": {"w": jax.random.normal(ks[0], (5, 3)), "b": jnp.zeros(5)},
+            "l2": {"w": jax.random.normal(ks[1], (2, 5))}}
+  cfg = _cfg(C=3, m=2, decompose=(r"l\d/w",), attribution="ablation")
+  comps = apd.init(ks[2], params, cfg)
+  x = jax.random.normal(ks[2], (6, 3))
+  got = apd.attributions(_two_layer, params, comps, x, cfg)
+  for c in range(3):
+    keep = jnp.ones(3).at[c].set(0.0)
+    with_all = pytree.replace(params, {p: lowrank.total(f) for p, f in comps.items()})
+    without = pytree.replace(params, {p: lowrank.masked_total(f, keep) for p, f in comps.items()})
+    want = jnp.mean((_two_layer(with_all, x) - _two_layer(without, x)) ** 2, axis=-1)
+    np.testing.assert_allclose(got[:, c], want, rtol=1e-9)
+
+
+def test_masked_apply_equals_per_sample_loop():
+  ks = jax.random.split(jax.random.PRNGKey(5), 3)
+  params = {"l1": {"w": jax.random.normal(ks[0], (5, 3)), "b": jnp.ones(5)},
+            "l2": {"w": jax.random.normal(ks[1], (2, 5))}}
+  comps = apd.init(ks[2], params, _cfg(C=4, m=3, decompose=(r"l\d/w",)))
+  x = jax.random.normal(ks[2], (5, 3))
+  mask = jax.random.bernoulli(ks[0], 0.5, (5, 4)).astype(jnp.float64)
+  got = apd.masked_apply(_two_layer, params, comps, mask, x)
+  for b in range(5):
+    w = {p: sum(mask[b, c] * lowrank.components(f)[c] for c in range(4)) for p, f in comps.items()}
+    np.testing.assert_allclose(got[b], _two_layer(pytree.replace(params, w), x[b:b + 1])[0],
+                               rtol=1e-10, atol=1e-12)
+
+
+def _exact_factors(w, n_components):
+  """Factors whose first component is exactly w (via SVD) and the others zero."""
+  u, s, vt = jnp.linalg.svd(w, full_matrices=False)
+  m = s.shape[0]
+  U = jnp.zeros((n_components,) + (w.shape[0], m)).at[0].set(u * s)
+  V = jnp.zeros((n_components,) + (w.shape[1], m)).at[0].set(vt.T)
+  return Factors(U, V)
+
+
+def test_faithfulness_is_zero_at_the_target_and_delta_squared_over_n_off_it():
+  w = jax.random.normal(jax.random.PRNGKey(6), (3, 5))
+  params = {"W": w, "b": jnp.zeros(5)}
+  comps = {"W": _exact_factors(w, 2)}
+  x = jnp.eye(5)
+  cfg = _cfg(C=2, m=3, sparsity="topk", topk=1)
+  _, met = apd.loss(comps, params, x, None, apply=tms.apply, cfg=cfg)
+  assert abs(float(met["faithfulness"])) < 1e-20
+  delta = 0.3
+  moved = {"W": w.at[1, 2].add(delta), "b": params["b"]}
+  _, met = apd.loss(comps, moved, x, None, apply=tms.apply, cfg=cfg)
+  np.testing.assert_allclose(met["faithfulness"], delta**2 / w.size, rtol=1e-10)
+
+
+def _pentagon(bias=-0.35):
+  ang = 2 * jnp.pi * jnp.arange(5) / 5
+  return {"W": jnp.stack([jnp.cos(ang), jnp.sin(ang)]), "b": jnp.full(5, bias)}
+
+
+def _ground_truth(w):
+  """Z^(c) = W[:, c] e_c^T as rank-1 factors."""
+  n = w.shape[1]
+  return {"W": Factors(w.T[:, :, None], jnp.eye(n)[:, :, None])}
+
+
+def test_tms_ground_truth_masked_forward_is_closed_form():
+  params = {"W": jax.random.normal(jax.random.PRNGKey(7), (2, 5)),
+            "b": jax.random.normal(jax.random.PRNGKey(8), (5,))}
+  x = data.sparse_features(jax.random.PRNGKey(9), 64, 5, 0.4, dtype=jnp.float64)
+  mask = (x != 0).astype(jnp.float64)
+  got = apd.masked_apply(tms.apply, params, _ground_truth(params["W"]), mask, x)
+  w, b = params["W"], params["b"]
+  want = jnp.where(mask == 1, jax.nn.relu(x @ w.T @ w + b), jax.nn.relu(b))
+  np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_tms_ground_truth_is_a_zero_loss_decomposition():
+  """On one-feature inputs to a pentagon whose bias cuts all interference, the true components
+  are picked by the gradient attributions and reconstruct the target exactly (values >= 0.5 keep
+  the active output above its ReLU threshold)."""
+  params = _pentagon()
+  x = data.exactly_n_active(jax.random.PRNGKey(10), 200, 5, 1, lo=0.5, dtype=jnp.float64)
+  cfg = _cfg(C=5, m=1, sparsity="topk", topk=1)
+  comps = _ground_truth(params["W"])
+  a = apd.attributions(tms.apply, params, comps, x, cfg)
+  np.testing.assert_array_equal(jnp.argmax(a, 1), jnp.argmax(x, 1))
+  _, met = apd.loss(comps, params, x, None, apply=tms.apply, cfg=cfg)
+  assert float(met["faithfulness"]) < 1e-20 and float(met["minimality"]) < 1e-20
+
+
+class _MLP(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(6, param_dtype=jnp.float64)(x))
+    return nn.Dense(3, param_dtype=jnp.float64)(x)
+
+
+def test_flax_linen_model_is_decomposed_by_path_pattern():
+  model = _MLP()
+  x = jax.random.normal(jax.random.PRNGKey(11), (8, 4))
+  variables = model.init(jax.random.PRNGKey(12), x)
+  cfg = _cfg(C=3, m=2, decompose=(r"params/Dense_\d/kernel",))
+  comps = apd.init(jax.random.PRNGKey(13), variables, cfg)
+  assert set(comps) == {"params/Dense_0/kernel", "params/Dense_1/kernel"}
+  got = apd.attributions(model.apply, variables, comps, x, cfg)
+  np.testing.assert_allclose(got, _brute_gradient_attr(model.apply, variables, comps, x),
+                             rtol=1e-9)
+  loss, met = apd.loss(comps, variables, x, None, apply=model.apply,
+                       cfg=_cfg(C=3, m=2, decompose=cfg.decompose, topk=1.0))
+  assert np.isfinite(float(loss)) and float(met["active"]) == 1.0
+
+
+def test_clear_errors():
+  params = _pentagon()
+  with pytest.raises(ValueError, match="matches no parameter"):
+    apd.init(jax.random.PRNGKey(0), params, _cfg(decompose=("encoder",)))
+  with pytest.raises(ValueError, match="2-d weights"):
+    apd.init(jax.random.PRNGKey(0), params, _cfg(decompose=("b",)))
+  comps = apd.init(jax.random.PRNGKey(0), params, _cfg())
+  with pytest.raises(AssertionError, match="5"):  # x has 4 features, the model 5
+    apd.loss(comps, params, jnp.ones((3, 4)), None, apply=tms.apply, cfg=_cfg())
+  with pytest.raises(ValueError, match="shape"):
+    apd.check_components({"W": jnp.ones((2, 6)), "b": jnp.ones(6)}, comps)
+  with pytest.raises(ConfigError, match="'topkk'.*'topk'"):
+    apd.validate(_cfg(topkk=0.2))
+  with pytest.raises(ConfigError, match="attribution"):
+    apd.validate(_cfg(attribution="gradients"))
