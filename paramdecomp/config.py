@@ -1,6 +1,7 @@
 """Checking ml_collections configs against a schema of defaults, failing early and by name."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 from typing import Any, Callable, Mapping
 
@@ -8,7 +9,22 @@ import ml_collections
 
 
 class ConfigError(ValueError):
-  pass
+  """A config field that is unknown or has an invalid value; `field` is its dotted path."""
+
+  def __init__(self, field: str, why: str, unknown: bool = False):
+    self.field, self.why, self.unknown = field, why, unknown
+    kind = "unknown" if unknown else "invalid"
+    super().__init__(f"{kind} config field {field!r}{'; ' if unknown else ': '}{why}")
+
+
+@contextlib.contextmanager
+def section(name: str):
+  """Prefix the field named by a ConfigError raised inside with `name.`."""
+  try:
+    yield
+  except ConfigError as e:
+    why = e.why.replace("did you mean '", f"did you mean '{name}.")
+    raise ConfigError(f"{name}.{e.field}", why, e.unknown) from None
 
 
 def check_fields(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
@@ -18,18 +34,19 @@ def check_fields(config: ml_collections.ConfigDict, schema: ml_collections.Confi
     full = f"{prefix}{name}"
     if name not in schema:
       close = difflib.get_close_matches(name, list(schema.keys()), n=1)
-      hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
-      raise ConfigError(f"unknown config field {full!r}{hint}")
+      hint = f"did you mean {prefix + close[0]!r}?" if close else (
+          f"fields here are {sorted(schema.keys())}")
+      raise ConfigError(full, hint, unknown=True)
     sub, ref = config[name], schema[name]
     if isinstance(ref, ml_collections.ConfigDict):
       if not isinstance(sub, ml_collections.ConfigDict):
-        raise ConfigError(f"config field {full!r} must be a group of fields, got {sub!r}")
+        raise ConfigError(full, f"must be a group of fields, got {sub!r}")
       check_fields(sub, ref, prefix=full + ".")
 
 
 def require(cond: bool, field: str, why: str) -> None:
   if not cond:
-    raise ConfigError(f"invalid config field {field!r}: {why}")
+    raise ConfigError(field, why)
 
 
 def one_of(config: Mapping[str, Any], field: str, choices) -> None:

@@ -38,7 +38,8 @@ def default_config() -> ml_collections.ConfigDict:
 def validate(c: ml_collections.ConfigDict) -> None:
   cfglib.check_fields(c, default_config())
   cfglib.one_of(c, "method", METHODS)
-  METHODS[c.method].validate(c[c.method])
+  with cfglib.section(c.method):
+    METHODS[c.method].validate(c[c.method])
   cfglib.one_of(c, "optim.schedule", schedules.KINDS)
   cfglib.positive(c, "batch_size", "optim.lr", "optim.steps", "run.steps_per_dispatch")
   cfglib.require(bool(c.target_dir), "target_dir", "is empty; name a scripts/train_toy.py run")

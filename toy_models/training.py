@@ -22,7 +22,7 @@ MODELS = {"tms": tms}
 
 def model_module(kind: str):
   if kind not in MODELS:
-    raise cfglib.ConfigError(f"invalid config field 'model.kind': {kind!r} not in {list(MODELS)}")
+    raise cfglib.ConfigError("model.kind", f"{kind!r} is not one of {list(MODELS)}")
   return MODELS[kind]
 
 
