@@ -14,6 +14,24 @@ import jax
 import jax.numpy as jnp
 
 
+class LowRank(NamedTuple):
+  """One matrix W = A diag(g) B^T with A [a, r], B [b, r], g [r] (None: all ones).
+
+  Keeping a per-sample mask in g, not in A, lets a vmapped forward pass share A and B across
+  samples, so XLA runs it as two plain matrix products on the whole batch.
+  """
+  A: jax.Array
+  B: jax.Array
+  g: jax.Array | None = None
+
+  def dense(self) -> jax.Array:
+    a = self.A if self.g is None else self.A * self.g
+    return a @ self.B.T
+
+  def T(self) -> "LowRank":
+    return LowRank(self.B, self.A, self.g)
+
+
 class Factors(NamedTuple):
   U: jax.Array  # [C, a, m]
   V: jax.Array  # [C, b, m]
@@ -54,6 +72,14 @@ def masked_total(f: Factors, mask: jax.Array) -> jax.Array:
   """[..., a, b] sum of components weighted by mask [..., C]."""
   chex.assert_axis_dimension(mask, -1, f.U.shape[0])
   return jnp.einsum("...c,cam,cbm->...ab", mask, f.U, f.V)
+
+
+def masked_lowrank(f: Factors, mask: jax.Array) -> LowRank:
+  """sum_c mask[c] P_c as one rank-(C m) `LowRank`, never formed densely. mask: [C]."""
+  c, a, m = f.U.shape
+  chex.assert_shape(mask, (c,))
+  return LowRank(f.U.transpose(1, 0, 2).reshape(a, c * m),
+                 f.V.transpose(1, 0, 2).reshape(f.V.shape[1], c * m), jnp.repeat(mask, m))
 
 
 def schatten(f: Factors, p: float, eps: float = 1e-16) -> jax.Array:

@@ -1,0 +1,65 @@
+"""Milliseconds per APD step on TMS targets (the numbers in BENCHMARKS.md).
+
+  python scripts/bench.py [--variants=5-2,40-10] [--batch=2048] [--steps=200] [--repeats=5]
+
+Times the compiled, scanned training step (`steps` steps per dispatch) after a warm-up dispatch,
+best of `repeats`; the target is freshly initialised (values do not change the cost).
+"""
+import os
+import platform
+import sys
+import time
+
+from absl import app, flags
+import jax
+import optax
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))
+import apd_tms  # noqa: E402
+import tms as tms_configs  # noqa: E402
+
+from paramdecomp import apd, train  # noqa: E402
+from toy_models import data, tms  # noqa: E402
+
+_VARIANTS = flags.DEFINE_list("variants", ["5-2", "40-10"], "TMS variants.")
+_BATCH = flags.DEFINE_integer("batch", 2048, "Decomposition batch size.")
+_STEPS = flags.DEFINE_integer("steps", 200, "Steps per dispatch.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed dispatches (best is reported).")
+
+
+def bench_apd_tms(variant: str, batch: int, steps: int, repeats: int) -> float:
+  tcfg = tms_configs.get_config(variant)
+  params = tms.init(jax.random.PRNGKey(0), tcfg.model)
+  c = apd_tms.get_config(variant)
+  n = tcfg.model.n_features
+  batch_fn = lambda k: data.sparse_features(k, batch, n, tcfg.data.p)
+  opt = optax.adam(c.optim.lr)
+  state = train.init_state(apd.init(jax.random.PRNGKey(1), params, c.apd), opt,
+                           jax.random.PRNGKey(2))
+  step = train.make_multi_step(train.make_update(apd.make_loss(tms.apply, c.apd, batch_fn), opt),
+                               steps)
+  state, m = step(state, params)
+  jax.block_until_ready(m)
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    state, m = step(state, params)
+    jax.block_until_ready((state, m))
+    best = min(best, time.perf_counter() - t)
+  return 1e3 * best / steps
+
+
+def main(argv):
+  del argv
+  dev = jax.devices()[0]
+  print(f"# jax {jax.__version__}, {dev.platform} ({dev.device_kind}), {os.cpu_count()} cpus, "
+        f"{platform.processor() or platform.machine()}")
+  print(f"| target | C | batch | ms/step |\n|---|---|---|---|")
+  for v in _VARIANTS.value:
+    ms = bench_apd_tms(v, _BATCH.value, _STEPS.value, _REPEATS.value)
+    print(f"| APD TMS {v} | {apd_tms.get_config(v).apd.C} | {_BATCH.value} | {ms:.2f} |",
+          flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
