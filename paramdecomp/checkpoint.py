@@ -54,3 +54,16 @@ def load_params(workdir: str, like: PyTree, step: int | None = None) -> PyTree:
     return ck.restore(like, step)
   finally:
     ck.close()
+
+
+def load_on_one_device(path: str) -> PyTree:
+  """Any saved pytree (e.g. one step of a sharded run: ``<workdir>/checkpoints/<step>/default``)
+  restored whole onto this process's first device, whatever mesh wrote it."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise MissingCheckpointError(f"no checkpoint at {path}")
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(path).item_metadata
+    like = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
+    return ckptr.restore(path, like)

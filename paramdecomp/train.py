@@ -58,19 +58,18 @@ def make_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
   return update
 
 
-def make_multi_step(update, n_steps: int, state_sharding=None, frozen_sharding=None):
+def make_multi_step(update, n_steps: int, state_sharding=None):
   """Jitted ``(state, frozen) -> (state, mean metrics)`` running `n_steps` updates in a scan.
 
-  The state buffers are donated: the caller must not reuse the state it passed in.
+  The state buffers are donated: the caller must not reuse the state it passed in. With
+  `state_sharding` the new state is laid out as the old one (inputs keep their own placement).
   """
 
   def multi(state, frozen):
     state, metrics = jax.lax.scan(lambda s, _: update(s, frozen), state, None, length=n_steps)
     return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
-  kw = {}
-  if state_sharding is not None:
-    kw = dict(in_shardings=(state_sharding, frozen_sharding), out_shardings=(state_sharding, None))
+  kw = {} if state_sharding is None else dict(out_shardings=(state_sharding, None))
   return jax.jit(multi, donate_argnums=0, **kw)
 
 
@@ -80,23 +79,24 @@ def _fmt(metrics: dict) -> str:
 
 def fit(state: TrainState, frozen: PyTree, update, *, total_steps: int, workdir: str | None,
         log_every: int = 1000, steps_per_dispatch: int = 100, checkpoint_every: int = 0,
-        checkpointer: Checkpointer | None = None, state_sharding=None, frozen_sharding=None,
-        name: str = "train") -> TrainState:
+        checkpointer: Checkpointer | None = None, name: str = "train") -> TrainState:
   """Run `update` from state.step to `total_steps`.
 
   Every `log_every` steps the mean metrics of the last dispatch go to ``metrics.jsonl`` and a
   progress line; every `checkpoint_every` steps (and at the end) the state is saved. Both must be
   multiples of `steps_per_dispatch`. A non-finite loss raises NonFiniteLossError before anything
-  is saved over the last good checkpoint.
+  is saved over the last good checkpoint. The state keeps the sharding it comes in with (place
+  it on a mesh with `paramdecomp.sharding` first); `frozen` is used where it lies.
   """
   for nm, every in (("log_every", log_every), ("checkpoint_every", checkpoint_every)):
     if every and every % steps_per_dispatch:
       raise ValueError(f"{nm}={every} is not a multiple of steps_per_dispatch={steps_per_dispatch}")
   compiled: dict[int, Any] = {}
+  state_sharding = jax.tree.map(lambda a: a.sharding, state)
 
   def runner(n):
     if n not in compiled:
-      compiled[n] = make_multi_step(update, n, state_sharding, frozen_sharding)
+      compiled[n] = make_multi_step(update, n, state_sharding)
     return compiled[n]
 
   log_path = os.path.join(workdir, "metrics.jsonl") if workdir else None

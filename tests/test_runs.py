@@ -9,11 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 
 from paramdecomp import train
-from paramdecomp.checkpoint import Checkpointer, MissingCheckpointError
+from paramdecomp.checkpoint import Checkpointer, MissingCheckpointError, load_on_one_device
 from paramdecomp.config import ConfigError
 from toy_models import decomposition, training
 
@@ -39,9 +38,8 @@ def _decompose_cmd(target_dir, workdir, steps, *extra):
 
 
 def _final_state(workdir, step):
-  with ocp.StandardCheckpointer() as ck:
-    tree = ck.restore(os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "default")))
-  return jax.tree.leaves(tree)
+  return jax.tree.leaves(load_on_one_device(os.path.join(workdir, "checkpoints", str(step),
+                                                         "default")))
 
 
 def test_killed_run_resumes_bit_identical(target_dir, tmp_path):

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from paramdecomp import apd, figures, lowrank, schedules, train
+from paramdecomp import apd, figures, lowrank, schedules, sharding, train
 from paramdecomp import config as cfglib
 from paramdecomp.checkpoint import Checkpointer
 from paramdecomp.metrics import mmcs_ml2r
@@ -32,6 +32,7 @@ def default_config() -> ml_collections.ConfigDict:
                                            warmup_pct=0.05, halflife=1000.0))
   c.run = ml_collections.ConfigDict(dict(log_every=1000, steps_per_dispatch=100,
                                          checkpoint_every=5000))
+  c.run.mesh = ml_collections.ConfigDict(dict(data=1, components=1))  # devices per axis
   return c
 
 
@@ -43,6 +44,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cfglib.one_of(c, "optim.schedule", schedules.KINDS)
   cfglib.positive(c, "batch_size", "optim.lr", "optim.steps", "run.steps_per_dispatch")
   cfglib.require(bool(c.target_dir), "target_dir", "is empty; name a scripts/train_toy.py run")
+  cfglib.positive(c, "run.mesh.data", "run.mesh.components")
+  cfglib.require(c.batch_size % c.run.mesh.data == 0, "batch_size",
+                 f"{c.batch_size} does not divide over run.mesh.data={c.run.mesh.data} devices")
+  cfglib.require(c[c.method].C % c.run.mesh.components == 0, "run.mesh.components",
+                 f"C={c[c.method].C} components do not divide over {c.run.mesh.components} "
+                 "devices")
 
 
 def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:
@@ -53,9 +60,14 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
   mcfg = c[c.method]
   os.makedirs(workdir, exist_ok=True)
 
+  mesh = None
+  if c.run.mesh.data * c.run.mesh.components > 1:
+    mesh = sharding.make_mesh(c.run.mesh.data, c.run.mesh.components)
+
   def batch_fn(key):
-    return data.sparse_features(key, c.batch_size, tcfg.model.n_features, tcfg.data.p,
-                                tcfg.data.lo, tcfg.data.hi)
+    x = data.sparse_features(key, c.batch_size, tcfg.model.n_features, tcfg.data.p,
+                             tcfg.data.lo, tcfg.data.hi)
+    return x if mesh is None else sharding.constrain_batch(mesh, x)
 
   key = jax.random.PRNGKey(c.seed)
   comps = apd.init(jax.random.fold_in(key, 0), params, mcfg)
@@ -63,6 +75,8 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
                                 c.optim.halflife)
   opt = optax.adam(sched)
   state = train.init_state(comps, opt, jax.random.fold_in(key, 1))
+  if mesh is not None:  # before any restore, so a checkpoint lands on this run's mesh
+    state, params = sharding.shard_state(mesh, state), sharding.replicate(mesh, params)
   ck = Checkpointer(workdir)
   state = _start(ck, state, resume, workdir)
   _write_json(os.path.join(workdir, "config.json"), c.to_dict())

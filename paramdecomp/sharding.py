@@ -1,0 +1,52 @@
+"""Meshes and shardings: a 'data' axis for the batch, a 'components' axis for components."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+from paramdecomp.config import ConfigError
+from paramdecomp.lowrank import Factors
+
+AXES = ("data", "components")
+
+
+def make_mesh(data: int = 1, components: int = 1) -> Mesh:
+  """A (data, components) mesh over the first data*components devices (all processes)."""
+  n = data * components
+  devices = jax.devices()
+  if n > len(devices):
+    raise ConfigError("run.mesh", f"needs {n} devices ({data} data × {components} components), "
+                      f"only {len(devices)} are visible")
+  return Mesh(np.asarray(devices[:n]).reshape(data, components), AXES)
+
+
+def shard_state(mesh: Mesh, tree: Any) -> Any:
+  """Place `tree` on the mesh: the C axis of every `Factors` (components, and the optimiser
+  moments that mirror them) over 'components', everything else replicated."""
+  n = mesh.shape["components"]
+  comp, rep = NamedSharding(mesh, P("components")), NamedSharding(mesh, P())
+
+  def place(node):
+    if isinstance(node, Factors):
+      if node.U.shape[0] % n:
+        raise ConfigError("run.mesh.components",
+                          f"C={node.U.shape[0]} components do not divide over {n} devices")
+      return jax.device_put(node, comp)
+    return jax.device_put(node, rep)
+
+  return jax.tree.map(place, tree, is_leaf=lambda x: isinstance(x, Factors))
+
+
+def replicate(mesh: Mesh, tree: Any) -> Any:
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def constrain_batch(mesh: Mesh, x: jax.Array) -> jax.Array:
+  """Inside jit: split x's leading (batch) axis over 'data'."""
+  if x.shape[0] % mesh.shape["data"]:
+    raise ConfigError("batch_size", f"{x.shape[0]} does not divide over "
+                      f"{mesh.shape['data']} data devices")
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P("data")))
