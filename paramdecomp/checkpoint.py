@@ -1,9 +1,11 @@
 """Orbax checkpointing of a whole training state (trainables, optimiser state, step, PRNG key)."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
@@ -38,6 +40,24 @@ class Checkpointer:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     return self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
 
+  def start(self, state: PyTree, resume: bool) -> PyTree:
+    """The state to start from: the latest checkpoint with `resume`, else `state` itself.
+
+    A fresh start in a directory that already holds checkpoints is refused, so nothing saved is
+    ever overwritten by mistake.
+    """
+    latest = self.latest_step()
+    if resume:
+      if latest is None:
+        raise MissingCheckpointError(f"--resume given but no checkpoint in {self.directory}")
+      logging.info("resuming from step %d in %s", latest, self.directory)
+      return self.restore(state)
+    if latest is not None:
+      raise FileExistsError(f"{os.path.dirname(self.directory)} already holds checkpoints (latest "
+                            f"step {latest}); pass --resume to continue it or choose another "
+                            "workdir")
+    return state
+
   def wait(self) -> None:
     self._mgr.wait_until_finished()
 
@@ -67,3 +87,8 @@ def load_on_one_device(path: str) -> PyTree:
     meta = ckptr.metadata(path).item_metadata
     like = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
     return ckptr.restore(path, like)
+
+
+def save_json(path: str, obj) -> None:
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)

@@ -5,16 +5,12 @@
 """
 import json
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
-from paramdecomp.cli import setup_logging
+from paramdecomp.cli import define_run_flags, setup_logging
 from toy_models.decomposition import decompose
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Decomposition config file[:variant].",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
-_RESUME = flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
+_CONFIG, _WORKDIR, _RESUME = define_run_flags("Decomposition")
 
 
 def main(argv):

@@ -2,17 +2,13 @@
 
   python scripts/train_toy.py --config=scripts/configs/tms.py:5-2 --workdir=runs/tms_5-2
 """
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, logging
 
-from paramdecomp.cli import setup_logging
+from paramdecomp.cli import define_run_flags, setup_logging
 from toy_models import tms
 from toy_models.training import train_target
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Target config file[:variant].",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
-_RESUME = flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
+_CONFIG, _WORKDIR, _RESUME = define_run_flags("Target")
 
 
 def main(argv):

@@ -13,10 +13,10 @@ import optax
 
 from paramdecomp import apd, figures, lowrank, schedules, sharding, train
 from paramdecomp import config as cfglib
-from paramdecomp.checkpoint import Checkpointer
+from paramdecomp.checkpoint import Checkpointer, save_json
 from paramdecomp.metrics import mmcs_ml2r
 from toy_models import data, tms
-from toy_models.training import _start, _write_json, load_target, model_module
+from toy_models.training import load_target, model_module
 
 METHODS = {"apd": apd}
 
@@ -78,15 +78,15 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
   if mesh is not None:  # before any restore, so a checkpoint lands on this run's mesh
     state, params = sharding.shard_state(mesh, state), sharding.replicate(mesh, params)
   ck = Checkpointer(workdir)
-  state = _start(ck, state, resume, workdir)
-  _write_json(os.path.join(workdir, "config.json"), c.to_dict())
+  state = ck.start(state, resume)
+  save_json(os.path.join(workdir, "config.json"), c.to_dict())
   update = train.make_update(apd.make_loss(mod.apply, mcfg, batch_fn), opt)
   state = train.fit(state, params, update, total_steps=c.optim.steps, workdir=workdir,
                     log_every=c.run.log_every, steps_per_dispatch=c.run.steps_per_dispatch,
                     checkpoint_every=c.run.checkpoint_every, checkpointer=ck, name=c.method)
   ck.close()
   summary = summarize(mod.apply, params, state.params, mcfg, batch_fn, key, tcfg, workdir)
-  _write_json(os.path.join(workdir, "summary.json"), summary)
+  save_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 

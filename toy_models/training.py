@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -14,7 +13,7 @@ import orbax.checkpoint as ocp
 from paramdecomp import config as cfglib
 from paramdecomp import schedules
 from paramdecomp import train
-from paramdecomp.checkpoint import Checkpointer, MissingCheckpointError
+from paramdecomp.checkpoint import Checkpointer, MissingCheckpointError, save_json
 from toy_models import data, tms
 
 MODELS = {"tms": tms}
@@ -67,8 +66,8 @@ def train_target(c: ml_collections.ConfigDict, workdir: str, resume: bool = Fals
   opt = optax.adamw(sched, weight_decay=c.optim.weight_decay)
   state = train.init_state(params, opt, jax.random.PRNGKey(c.seed + 1))
   ck = Checkpointer(workdir)
-  state = _start(ck, state, resume, workdir)
-  _write_json(os.path.join(workdir, "config.json"), c.to_dict())
+  state = ck.start(state, resume)
+  save_json(os.path.join(workdir, "config.json"), c.to_dict())
   state = train.fit(state, frozen, train.make_update(loss_fn, opt), total_steps=c.optim.steps,
                     workdir=workdir, log_every=c.run.log_every,
                     steps_per_dispatch=c.run.steps_per_dispatch,
@@ -79,30 +78,11 @@ def train_target(c: ml_collections.ConfigDict, workdir: str, resume: bool = Fals
   return params
 
 
-def _start(ck: Checkpointer, state, resume: bool, workdir: str):
-  """Resume from the latest checkpoint, or refuse to overwrite one without --resume."""
-  latest = ck.latest_step()
-  if resume:
-    if latest is None:
-      raise MissingCheckpointError(f"--resume given but no checkpoint in {ck.directory}")
-    logging.info("resuming from step %d in %s", latest, workdir)
-    return ck.restore(state)
-  if latest is not None:
-    raise FileExistsError(f"{workdir} already holds checkpoints (latest step {latest}); pass "
-                          "--resume to continue it or choose another workdir")
-  return state
-
-
-def _write_json(path: str, obj) -> None:
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-
-
 def save_target(workdir: str, c: ml_collections.ConfigDict, params: dict) -> None:
   path = os.path.abspath(os.path.join(workdir, "target"))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(path, params, force=True)
-  _write_json(os.path.join(workdir, "target.json"), {
+  save_json(os.path.join(workdir, "target.json"), {
       "model": c.model.to_dict(), "data": c.data.to_dict(), "seed": c.seed})
 
 
