@@ -78,11 +78,11 @@ def load_params(workdir: str, like: PyTree, step: int | None = None) -> PyTree:
 
 def load_on_one_device(path: str) -> PyTree:
   """Any saved pytree (e.g. one step of a sharded run: ``<workdir>/checkpoints/<step>/default``)
-  restored whole onto this process's first device, whatever mesh wrote it."""
+  restored whole onto this process's first local device, whatever mesh wrote it."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise MissingCheckpointError(f"no checkpoint at {path}")
-  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   with ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(path).item_metadata
     like = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
@@ -90,5 +90,8 @@ def load_on_one_device(path: str) -> PyTree:
 
 
 def save_json(path: str, obj) -> None:
+  """Write obj as JSON (process 0 only: every process of a multi-host run holds the same obj)."""
+  if jax.process_index() != 0:
+    return
   with open(path, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)

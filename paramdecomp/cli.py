@@ -22,3 +22,31 @@ def define_run_flags(what: str):
   workdir = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
   resume = flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
   return config, workdir, resume
+
+
+def define_distributed_flags():
+  """--coordinator_address, --num_processes, --process_id for multi-host runs."""
+  from absl import flags
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0; set it on every process of a multi-host run.")
+  flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+  flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+
+
+def init_distributed() -> None:
+  """`jax.distributed.initialize()` when the distributed flags (or a cluster environment that jax
+  detects by itself, e.g. TPU pods and SLURM, with --coordinator_address=auto) ask for it."""
+  from absl import flags
+  import jax
+  f = flags.FLAGS
+  if not f.coordinator_address:
+    return
+  # CPU devices of different processes talk through gloo (no effect on GPU/TPU collectives).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if f.coordinator_address == "auto":
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+

@@ -34,14 +34,26 @@ def shard_state(mesh: Mesh, tree: Any) -> Any:
       if node.U.shape[0] % n:
         raise ConfigError("run.mesh.components",
                           f"C={node.U.shape[0]} components do not divide over {n} devices")
-      return jax.device_put(node, comp)
-    return jax.device_put(node, rep)
+      return put(node, comp)
+    return put(node, rep)
 
   return jax.tree.map(place, tree, is_leaf=lambda x: isinstance(x, Factors))
 
 
+def put(tree: Any, sharding: NamedSharding) -> Any:
+  """Global arrays from host values that every process holds alike (as a seeded init does).
+
+  Unlike `jax.device_put`, each process fills only its own devices, so this needs no
+  cross-host transfer and works for multi-host meshes too.
+  """
+  def one(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+  return jax.tree.map(one, tree)
+
+
 def replicate(mesh: Mesh, tree: Any) -> Any:
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  return put(tree, NamedSharding(mesh, P()))
 
 
 def constrain_batch(mesh: Mesh, x: jax.Array) -> jax.Array:
@@ -50,3 +62,13 @@ def constrain_batch(mesh: Mesh, x: jax.Array) -> jax.Array:
     raise ConfigError("batch_size", f"{x.shape[0]} does not divide over "
                       f"{mesh.shape['data']} data devices")
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P("data")))
+
+
+def gather(tree: Any) -> Any:
+  """Every array of `tree` fully replicated (so each process can read it whole)."""
+  def one(a):
+    sh = getattr(a, "sharding", None)
+    if sh is None or sh.is_fully_replicated:
+      return a
+    return jax.jit(lambda x: x, out_shardings=NamedSharding(sh.mesh, P()))(a)
+  return jax.tree.map(one, tree)

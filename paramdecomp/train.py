@@ -99,7 +99,8 @@ def fit(state: TrainState, frozen: PyTree, update, *, total_steps: int, workdir:
       compiled[n] = make_multi_step(update, n, state_sharding)
     return compiled[n]
 
-  log_path = os.path.join(workdir, "metrics.jsonl") if workdir else None
+  main = workdir and jax.process_index() == 0
+  log_path = os.path.join(workdir, "metrics.jsonl") if main else None
   step = int(state.step)
   t0, s0 = time.perf_counter(), step
   while step < total_steps:

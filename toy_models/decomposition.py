@@ -85,7 +85,7 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
                     log_every=c.run.log_every, steps_per_dispatch=c.run.steps_per_dispatch,
                     checkpoint_every=c.run.checkpoint_every, checkpointer=ck, name=c.method)
   ck.close()
-  summary = summarize(mod.apply, params, state.params, mcfg, batch_fn, key, tcfg, workdir)
+  summary = summarize(mod.apply, params, sharding.gather(state.params), mcfg, batch_fn, key, tcfg, workdir)
   save_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
@@ -103,7 +103,7 @@ def summarize(apply, params, comps, mcfg, batch_fn, key, tcfg, workdir) -> dict:
     out.update(mmcs=float(mmcs), ml2r=float(ml2r),
                represented_features=int(tms.represented_features(params).sum()),
                n_features=int(tcfg.model.n_features))
-    if w.shape[0] == 2:
+    if w.shape[0] == 2 and jax.process_index() == 0:
       out["figure"] = figures.tms_arrows(
           np.asarray(w), np.asarray(mats), os.path.join(workdir, "tms_components.png"),
           title=f"APD on TMS {w.shape[1]}-{w.shape[0]}: MMCS {mmcs:.3f}, ML2R {ml2r:.3f}")

@@ -13,7 +13,8 @@ import orbax.checkpoint as ocp
 from paramdecomp import config as cfglib
 from paramdecomp import schedules
 from paramdecomp import train
-from paramdecomp.checkpoint import Checkpointer, MissingCheckpointError, save_json
+from paramdecomp.checkpoint import (Checkpointer, MissingCheckpointError, load_on_one_device,
+                                    save_json)
 from toy_models import data, tms
 
 MODELS = {"tms": tms}
@@ -95,6 +96,4 @@ def load_target(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
                                  "(expected target.json and target/; run scripts/train_toy.py)")
   with open(meta) as f:
     c = ml_collections.ConfigDict(json.load(f))
-  with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(path)
-  return c, jax.tree.map(jnp.asarray, params)
+  return c, load_on_one_device(path)
