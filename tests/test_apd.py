@@ -179,7 +179,7 @@ def test_clear_errors():
   with pytest.raises(ValueError, match="2-d weights"):
     apd.init(jax.random.PRNGKey(0), params, _cfg(decompose=("b",)))
   comps = apd.init(jax.random.PRNGKey(0), params, _cfg())
-  with pytest.raises(AssertionError, match="5"):  # x has 4 features, the model 5
+  with pytest.raises(AssertionError, match="dimension equal to '5' on axis '-1' but got '4'"):
     apd.loss(comps, params, jnp.ones((3, 4)), None, apply=tms.apply, cfg=_cfg())
   with pytest.raises(ValueError, match="shape"):
     apd.check_components({"W": jnp.ones((2, 6)), "b": jnp.ones(6)}, comps)
