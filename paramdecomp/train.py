@@ -73,6 +73,16 @@ def make_multi_step(update, n_steps: int, state_sharding=None):
   return jax.jit(multi, donate_argnums=0, **kw)
 
 
+def _drop_logged_after(path: str, step: int) -> None:
+  """A resumed run logs its steps again: forget what a killed run logged past its checkpoint."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+  with open(path, "w") as f:
+    f.writelines(keep)
+
+
 def _fmt(metrics: dict) -> str:
   return " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
 
@@ -102,6 +112,8 @@ def fit(state: TrainState, frozen: PyTree, update, *, total_steps: int, workdir:
   main = workdir and jax.process_index() == 0
   log_path = os.path.join(workdir, "metrics.jsonl") if main else None
   step = int(state.step)
+  if log_path:
+    _drop_logged_after(log_path, step)
   t0, s0 = time.perf_counter(), step
   while step < total_steps:
     n = min(steps_per_dispatch, total_steps - step)

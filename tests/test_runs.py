@@ -1,4 +1,5 @@
 """Run-level behaviour: kill and resume, refusing to overwrite, missing checkpoints, bad configs."""
+import json
 import os
 import signal
 import subprocess
@@ -64,6 +65,11 @@ def test_killed_run_resumes_bit_identical(target_dir, tmp_path):
   subprocess.run(_decompose_cmd(target_dir, killed, steps, "--resume"), check=True,
                  capture_output=True)
   a, b = _final_state(full, steps), _final_state(killed, steps)
+  def logged(d):  # metrics.jsonl without the timing column
+    with open(os.path.join(d, "metrics.jsonl")) as f:
+      return [{k: v for k, v in json.loads(line).items() if k != "steps_per_s"} for line in f]
+  assert logged(killed) == logged(full)
+  assert [r["step"] for r in logged(full)] == list(range(100, steps + 1, 100))
   assert len(a) == len(b) and len(a) > 4
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
