@@ -15,7 +15,9 @@ def get_config(variant: str = "5-2"):
   elif variant == "40-10":
     c.apd.update(dict(C=50, m=11, topk=1.0, faithfulness_coeff=1.0, minimality_coeff=10.0,
                       simplicity_coeff=20.0, schatten_p=0.9))
-    c.optim.update(dict(lr=1e-3, schedule="cosine", warmup_pct=0.05, steps=20_000))
+    # The paper's lr is 1e-3; here that stalls at MMCS 0.976-0.984 (seeds 1-3) with a few features
+    # split over two components, while 3e-3 reaches the paper's MMCS and ML2R (BENCHMARKS.md).
+    c.optim.update(dict(lr=3e-3, schedule="cosine", warmup_pct=0.05, steps=20_000))
   else:
     raise ValueError(f"unknown variant {variant!r}; use 5-2 or 40-10")
   c.batch_size = 2048
