@@ -134,6 +134,11 @@ def mask_from(scores: jax.Array, cfg) -> jax.Array:
   return sparsity.topk_mask(scores, int(cfg.topk))
 
 
+def component_use(apply: Callable, params, comps: Components, x: jax.Array, cfg) -> jax.Array:
+  """[C] fraction of the samples of x on which each component is selected."""
+  return jnp.mean(mask_from(attributions(apply, params, comps, x, cfg), cfg), axis=0)
+
+
 def loss(comps: Components, params, x: jax.Array, key, *, apply: Callable, cfg):
   """(total loss, metrics) of the top-k formulation (§1.5) on batch x; `key` is unused."""
   del key  # APD's loss is deterministic given the batch

@@ -45,17 +45,20 @@ def init_factors(key, shape, n_components: int, rank: int, init: str = "xavier_n
   a, b = shape
   ku, kv = jax.random.split(key)
   if init == "xavier_normal":
-    # Torch's xavier_normal_ on [C, a, m] ([C, b, m]): fans are a*m and C*m.
-    def draw(k, d):
-      std = math.sqrt(2.0 / (d * rank + n_components * rank))
-      return std * jax.random.normal(k, (n_components, d, rank), dtype)
+    # torch's xavier_normal_ on the reference layouts U: [C, m, a], V: [C, b, m]
+    # (fan_in = size(1) * size(2), fan_out = size(0) * size(2)).
+    std_u = math.sqrt(2.0 / (rank * a + n_components * a))
+    std_v = math.sqrt(2.0 / (b * rank + n_components * rank))
+    draw_u = lambda k: std_u * jax.random.normal(k, (n_components, a, rank), dtype)
+    draw_v = lambda k: std_v * jax.random.normal(k, (n_components, b, rank), dtype)
   elif init == "kaiming_uniform":
-    def draw(k, d):
+    def uniform(k, d):
       bound = math.sqrt(6.0 / (d * rank))
       return jax.random.uniform(k, (n_components, d, rank), dtype, -bound, bound)
+    draw_u, draw_v = (lambda k: uniform(k, a)), (lambda k: uniform(k, b))
   else:
     raise ValueError(f"unknown init {init!r}; use 'xavier_normal' or 'kaiming_uniform'")
-  return Factors(scale * draw(ku, a), scale * draw(kv, b))
+  return Factors(scale * draw_u(ku), scale * draw_v(kv))
 
 
 def components(f: Factors) -> jax.Array:

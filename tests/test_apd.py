@@ -148,6 +148,8 @@ def test_tms_ground_truth_is_a_zero_loss_decomposition():
   np.testing.assert_array_equal(jnp.argmax(a, 1), jnp.argmax(x, 1))
   _, met = apd.loss(comps, params, x, None, apply=tms.apply, cfg=cfg)
   assert float(met["faithfulness"]) < 1e-20 and float(met["minimality"]) < 1e-20
+  np.testing.assert_allclose(apd.component_use(tms.apply, params, comps, x, cfg),
+                             jnp.mean(x != 0, axis=0))
 
 
 class _MLP(nn.Module):

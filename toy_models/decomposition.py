@@ -96,6 +96,9 @@ def summarize(apply, params, comps, mcfg, batch_fn, key, tcfg, workdir) -> dict:
   total, metrics = jax.jit(lambda cp, p, x: apd.loss(cp, p, x, None, apply=apply, cfg=mcfg))(
       comps, params, x)
   out = {"loss": float(total), **{k: float(v) for k, v in metrics.items()}}
+  use = jax.jit(lambda cp, p, x: apd.component_use(apply, p, cp, x, mcfg))(comps, params, x)
+  out["component_use"] = [round(float(u), 5) for u in use]
+  out["unused_components"] = int((use == 0).sum())
   if tcfg.model.kind == "tms":
     w = params["W"]
     mats = lowrank.components(comps["W"])
