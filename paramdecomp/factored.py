@@ -1,11 +1,11 @@
 """Running ``apply(params, x)`` with some weights given as low-rank factors W = A diag(g) B^T.
 
 The model is traced to a jaxpr once (at trace time) and re-evaluated with each factored weight
-kept as its pair of factors wherever it meets a matmul: ``x @ W`` becomes ``((x @ A) * g) @ B^T``. Any
-other use of W (a convolution, an elementwise op, control flow) gets the dense matrix, so the
+kept as its pair of factors wherever it meets a matmul: ``x @ W`` becomes ``((x @ A) * g) @ B^T``.
+Any other use of W (a convolution, an elementwise op, control flow) gets the dense matrix, so the
 result always equals ``apply`` on the dense weights; only the cost differs. This is what makes a
-per-sample masked forward pass (W_b = sum_c s_bc U_c V_c^T, under `vmap`) cost
-O(C m (a + b)) per sample instead of O(C m a b), with no knowledge of the architecture.
+per-sample masked forward pass (W_b = sum_c s_bc U_c V_c^T, under `vmap`) cost O(C m (a + b)) per
+sample instead of O(C m a b), with no knowledge of the architecture.
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def apply_factored(apply: Callable, params: Any, factors: Mapping[str, LowRank],
                                           jax.numpy.result_type(f.A, f.B))
                   for p, f in factors.items()}
   traced_params = pytree.replace(jax.tree.map(_spec, params), dense_shapes)
-  closed, out_shape = jax.make_jaxpr(apply, return_shape=True)(traced_params, jax.tree.map(_spec, x))
+  closed, out_shape = jax.make_jaxpr(apply, return_shape=True)(traced_params,
+                                                               jax.tree.map(_spec, x))
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   args = [factors.get(pytree.path_str(p), v) for p, v in flat] + jax.tree.leaves(x)
   outs = _eval(closed.jaxpr, closed.consts, args)

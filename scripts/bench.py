@@ -54,7 +54,7 @@ def main(argv):
   dev = jax.devices()[0]
   print(f"# jax {jax.__version__}, {dev.platform} ({dev.device_kind}), {os.cpu_count()} cpus, "
         f"{platform.processor() or platform.machine()}")
-  print(f"| target | C | batch | ms/step |\n|---|---|---|---|")
+  print("| target | C | batch | ms/step |\n|---|---|---|---|")
   for v in _VARIANTS.value:
     ms = bench_apd_tms(v, _BATCH.value, _STEPS.value, _REPEATS.value)
     print(f"| APD TMS {v} | {apd_tms.get_config(v).apd.C} | {_BATCH.value} | {ms:.2f} |",

@@ -26,7 +26,8 @@ def _column_style(params, x):
 class _Conv(nn.Module):
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(4, (3,), param_dtype=jnp.float64)(x)   # SAME padding: [B, 6, 4]; the conv kernel is not factored
+    # SAME padding: [B, 6, 4]; the conv kernel is never factored
+    x = nn.Conv(4, (3,), param_dtype=jnp.float64)(x)
     return nn.Dense(2, param_dtype=jnp.float64)(x.reshape(x.shape[0], -1))
 
 

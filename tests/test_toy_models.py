@@ -39,7 +39,8 @@ def test_represented_features_counts_live_columns():
 
 
 def test_variants_have_the_papers_shapes():
-  for v, (n, h, layers) in {"5-2": (5, 2, 0), "40-10": (40, 10, 0), "40-10-id": (40, 10, 1)}.items():
+  shapes = {"5-2": (5, 2, 0), "40-10": (40, 10, 0), "40-10-id": (40, 10, 1)}
+  for v, (n, h, layers) in shapes.items():
     m = tms_configs.get_config(v).model
     assert (m.n_features, m.n_hidden, m.n_hidden_layers) == (n, h, layers)
   assert tms_configs.get_config("40-10").model.bias_zero_init

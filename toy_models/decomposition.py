@@ -6,7 +6,6 @@ import os
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -57,7 +56,7 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
   validate(c)
   tcfg, params = load_target(c.target_dir)
   mod = model_module(tcfg.model.kind)
-  mcfg = c[c.method]
+  method, mcfg = METHODS[c.method], c[c.method]
   os.makedirs(workdir, exist_ok=True)
 
   mesh = None
@@ -70,7 +69,7 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
     return x if mesh is None else sharding.constrain_batch(mesh, x)
 
   key = jax.random.PRNGKey(c.seed)
-  comps = apd.init(jax.random.fold_in(key, 0), params, mcfg)
+  comps = method.init(jax.random.fold_in(key, 0), params, mcfg)
   sched = schedules.lr_schedule(c.optim.lr, c.optim.steps, c.optim.warmup_pct, c.optim.schedule,
                                 c.optim.halflife)
   opt = optax.adam(sched)
@@ -80,12 +79,13 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
   ck = Checkpointer(workdir)
   state = ck.start(state, resume)
   save_json(os.path.join(workdir, "config.json"), c.to_dict())
-  update = train.make_update(apd.make_loss(mod.apply, mcfg, batch_fn), opt)
+  update = train.make_update(method.make_loss(mod.apply, mcfg, batch_fn), opt)
   state = train.fit(state, params, update, total_steps=c.optim.steps, workdir=workdir,
                     log_every=c.run.log_every, steps_per_dispatch=c.run.steps_per_dispatch,
                     checkpoint_every=c.run.checkpoint_every, checkpointer=ck, name=c.method)
   ck.close()
-  summary = summarize(mod.apply, params, sharding.gather(state.params), mcfg, batch_fn, key, tcfg, workdir)
+  summary = summarize(mod.apply, params, sharding.gather(state.params), mcfg, batch_fn, key,
+                      tcfg, workdir)
   save_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
