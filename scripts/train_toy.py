@@ -1,11 +1,20 @@
 """Train a toy target model and save it with orbax.
 
   python scripts/train_toy.py --config=scripts/configs/tms.py:5-2 --workdir=runs/tms_5-2
-"""
-from absl import app, logging
+  python scripts/train_toy.py --config=scripts/configs/resid_mlp.py:1-layer --workdir=runs/rmlp1
 
+TMS: reports how many features the target represents. ResidMLP: writes target_report.json (MSE
+vs the monosemantic baseline, response of each output to its own feature at x = 1).
+"""
+import json
+import os
+
+from absl import app, logging
+import jax
+
+from paramdecomp.checkpoint import save_json
 from paramdecomp.cli import define_run_flags, setup_logging
-from toy_models import tms
+from toy_models import resid_mlp, tms
 from toy_models.training import train_target
 
 _CONFIG, _WORKDIR, _RESUME = define_run_flags("Target")
@@ -25,6 +34,10 @@ def main(argv):
       dead = [int(i) for i in (~alive).nonzero()[0]]
       print(f"WARNING: features {dead} are dead (embedding norm < 0.5): this target is a "
             "poor subject for decomposition; try another --config.seed", flush=True)
+  elif c.model.kind == "resid_mlp":
+    rep = resid_mlp.report(params, c.data.p, jax.random.PRNGKey(c.seed + 2))
+    save_json(os.path.join(_WORKDIR.value, "target_report.json"), rep)
+    print(json.dumps(rep, indent=2), flush=True)
 
 
 if __name__ == "__main__":

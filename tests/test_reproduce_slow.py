@@ -32,3 +32,15 @@ def test_apd_tms_5_2_seeds(tmp_path):
 def test_apd_tms_40_10(tmp_path):
   rows = _reproduce(tmp_path, "40-10", "1,2,3")
   assert sum(r["mmcs"] >= 0.98 for r in rows) >= 2, rows
+
+
+@pytest.mark.slow
+def test_resid_mlp_1_layer_target(tmp_path):
+  """§1.9: the target undershoots 2x at x = 1 (about 1.6) and beats the monosemantic baseline."""
+  subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train_toy.py"),
+                  f"--config={os.path.join(ROOT, 'scripts', 'configs', 'resid_mlp.py')}:1-layer",
+                  f"--workdir={tmp_path}"], check=True, cwd=ROOT)
+  with open(tmp_path / "target_report.json") as f:
+    rep = json.load(f)
+  assert rep["mse"] < rep["monosemantic_mse"]
+  assert 1.5 <= rep["response_at_1_mean"] <= 1.75

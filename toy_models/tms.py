@@ -47,6 +47,11 @@ def apply(params: dict, x: jax.Array) -> jax.Array:
   return jax.nn.relu(h @ w + params["b"])
 
 
+def label(x: jax.Array) -> jax.Array:
+  """TMS reconstructs its input."""
+  return x
+
+
 def represented_features(params: dict, threshold: float = 0.5) -> jax.Array:
   """[n_features] bool: the feature's embedding column has norm >= threshold."""
   return jnp.linalg.norm(params["W"], axis=0) >= threshold

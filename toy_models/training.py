@@ -15,9 +15,9 @@ from paramdecomp import schedules
 from paramdecomp import train
 from paramdecomp.checkpoint import (Checkpointer, MissingCheckpointError, load_on_one_device,
                                     save_json)
-from toy_models import data, tms
+from toy_models import data, resid_mlp, tms
 
-MODELS = {"tms": tms}
+MODELS = {"tms": tms, "resid_mlp": resid_mlp}
 
 
 def model_module(kind: str):
@@ -39,8 +39,9 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  cfglib.check_fields(c, default_config())
-  model_module(c.model.kind)
+  schema = default_config()
+  schema.model = model_module(c.model.kind).model_config()
+  cfglib.check_fields(c, schema)
   cfglib.positive(c, "data.batch_size", "optim.lr", "optim.steps", "run.steps_per_dispatch")
   cfglib.require(0 < c.data.p <= 1, "data.p", f"must be in (0, 1], got {c.data.p}")
   cfglib.one_of(c, "optim.schedule", schedules.KINDS)
@@ -61,7 +62,7 @@ def train_target(c: ml_collections.ConfigDict, workdir: str, resume: bool = Fals
 
   def loss_fn(p, fz, key):
     x = batch(key, c)
-    return jnp.mean((mod.apply({**p, **fz}, x) - x) ** 2), {}
+    return jnp.mean((mod.apply({**p, **fz}, x) - mod.label(x)) ** 2), {}
 
   sched = schedules.lr_schedule(c.optim.lr, c.optim.steps, c.optim.warmup_pct, c.optim.schedule)
   opt = optax.adamw(sched, weight_decay=c.optim.weight_decay)
