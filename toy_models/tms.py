@@ -15,7 +15,7 @@ import ml_collections
 FROZEN = ("hidden",)
 
 
-def model_config(n_features: int, n_hidden: int, n_hidden_layers: int = 0,
+def model_config(n_features: int = 5, n_hidden: int = 2, n_hidden_layers: int = 0,
                  bias_zero_init: bool = False) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       kind="tms", n_features=n_features, n_hidden=n_hidden, n_hidden_layers=n_hidden_layers,
