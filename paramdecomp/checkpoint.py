@@ -65,17 +65,6 @@ class Checkpointer:
     self._mgr.close()
 
 
-def load_params(workdir: str, like: PyTree, step: int | None = None) -> PyTree:
-  """Restore a state saved by `Checkpointer` in `workdir` (raises MissingCheckpointError)."""
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise MissingCheckpointError(f"no checkpoints directory in {os.path.abspath(workdir)}")
-  ck = Checkpointer(workdir)
-  try:
-    return ck.restore(like, step)
-  finally:
-    ck.close()
-
-
 def load_on_one_device(path: str) -> PyTree:
   """Any saved pytree (e.g. one step of a sharded run: ``<workdir>/checkpoints/<step>/default``)
   restored whole onto this process's first local device, whatever mesh wrote it."""

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging as pylogging
 
-from absl import logging
+from absl import flags, logging
+import jax
+from ml_collections import config_flags
 
 
 def setup_logging() -> None:
@@ -15,8 +17,6 @@ def setup_logging() -> None:
 
 def define_run_flags(what: str):
   """The flags every run script takes: --config (file[:variant]), --workdir, --resume."""
-  from absl import flags
-  from ml_collections import config_flags
   config = config_flags.DEFINE_config_file("config", None, f"{what} config file[:variant].",
                                            lock_config=True)
   workdir = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
@@ -26,7 +26,6 @@ def define_run_flags(what: str):
 
 def define_distributed_flags():
   """--coordinator_address, --num_processes, --process_id for multi-host runs."""
-  from absl import flags
   flags.DEFINE_string("coordinator_address", None,
                       "host:port of process 0; set it on every process of a multi-host run.")
   flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
@@ -36,8 +35,6 @@ def define_distributed_flags():
 def init_distributed() -> None:
   """`jax.distributed.initialize()` when the distributed flags (or a cluster environment that jax
   detects by itself, e.g. TPU pods and SLURM, with --coordinator_address=auto) ask for it."""
-  from absl import flags
-  import jax
   f = flags.FLAGS
   if not f.coordinator_address:
     return

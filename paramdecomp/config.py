@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -66,15 +66,3 @@ def _lookup(config, field: str):
     node = node[part]
   return node
 
-
-def merge(schema: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
-          validate: Callable[[ml_collections.ConfigDict], None] | None = None
-          ) -> ml_collections.ConfigDict:
-  """`schema` updated with `config` (after checking field names), validated and locked."""
-  check_fields(config, schema)
-  out = ml_collections.ConfigDict(schema.to_dict())
-  out.update(config.to_dict())
-  if validate is not None:
-    validate(out)
-  out.lock()
-  return out
