@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from paramdecomp import config as cfglib
-from paramdecomp import lowrank, pytree, sparsity
+from paramdecomp import lowrank, pytree, sparsity, train
 from paramdecomp.factored import apply_factored
 from paramdecomp.grads import directional_derivatives
 from paramdecomp.lowrank import Factors
@@ -41,6 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
       minimality_coeff=1.0,
       simplicity_coeff=0.7,
       schatten_p=1.0,
+      unit_norm_matrices=False,  # keep every V column (input side of W = U V^T) at unit norm
   ))
 
 
@@ -69,7 +70,28 @@ def init(key, params, cfg) -> Components:
     rank = cfg.m or min(w.shape)
     out[path] = lowrank.init_factors(jax.random.fold_in(key, i), w.shape, cfg.C, rank,
                                      cfg.init, cfg.init_scale, w.dtype)
-  return out
+  return normalize(out, cfg)
+
+
+def normalize(comps: Components, cfg) -> Components:
+  """The unit-norm option (§1.6): V columns at unit norm (identity when it is off)."""
+  if not cfg.unit_norm_matrices:
+    return comps
+  return {p: lowrank.unit_norm_v(f) for p, f in comps.items()}
+
+
+def project_grads(grads: Components, comps: Components, cfg) -> Components:
+  """The unit-norm option's gradient projection: no V-gradient along its own (unit) column."""
+  if not cfg.unit_norm_matrices:
+    return grads
+  return {p: lowrank.project_out_v(grads[p], comps[p]) for p in comps}
+
+
+def make_update(apply: Callable, cfg, batch_fn: Callable, optimizer):
+  """One APD optimisation step ``(TrainState, target_params) -> (TrainState, metrics)``."""
+  return train.make_update(make_loss(apply, cfg, batch_fn), optimizer,
+                           grad_transform=lambda g, c: project_grads(g, c, cfg),
+                           post_update=lambda c: normalize(c, cfg))
 
 
 def check_components(params, comps: Components) -> None:

@@ -85,6 +85,17 @@ def masked_lowrank(f: Factors, mask: jax.Array) -> LowRank:
                  f.V.transpose(1, 0, 2).reshape(f.V.shape[1], c * m), jnp.repeat(mask, m))
 
 
+def unit_norm_v(f: Factors, eps: float = 1e-12) -> Factors:
+  """Every column v_{c,m} (over the b axis) rescaled to unit L2 norm."""
+  return f._replace(V=f.V / (jnp.linalg.norm(f.V, axis=1, keepdims=True) + eps))
+
+
+def project_out_v(grad: Factors, f: Factors) -> Factors:
+  """grad with each V-column's component along the (unit) v_{c,m} removed: g <- g - (g.v) v."""
+  dot = jnp.sum(grad.V * f.V, axis=1, keepdims=True)
+  return grad._replace(V=grad.V - dot * f.V)
+
+
 def schatten(f: Factors, p: float, eps: float = 1e-16) -> jax.Array:
   """[C] factorised Schatten-p penalty sum_m (|u_m|^2 |v_m|^2 + eps)^(p/2) per component.
 

@@ -36,8 +36,7 @@ def bench_apd_tms(variant: str, batch: int, steps: int, repeats: int) -> float:
   opt = optax.adam(c.optim.lr)
   state = train.init_state(apd.init(jax.random.PRNGKey(1), params, c.apd), opt,
                            jax.random.PRNGKey(2))
-  step = train.make_multi_step(train.make_update(apd.make_loss(tms.apply, c.apd, batch_fn), opt),
-                               steps)
+  step = train.make_multi_step(apd.make_update(tms.apply, c.apd, batch_fn, opt), steps)
   state, m = step(state, params)
   jax.block_until_ready(m)
   best = float("inf")

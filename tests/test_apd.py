@@ -2,9 +2,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from paramdecomp import apd, lowrank, pytree
+from paramdecomp import apd, lowrank, pytree, train
 from paramdecomp.config import ConfigError
 from paramdecomp.lowrank import Factors
 from toy_models import data, tms
@@ -189,3 +190,22 @@ def test_clear_errors():
     apd.validate(_cfg(topkk=0.2))
   with pytest.raises(ConfigError, match="attribution"):
     apd.validate(_cfg(attribution="gradients"))
+
+
+def test_unit_norm_option_normalises_and_projects():
+  params = _pentagon()
+  cfg = _cfg(unit_norm_matrices=True)
+  comps = apd.init(jax.random.PRNGKey(14), params, cfg)
+  np.testing.assert_allclose(jnp.linalg.norm(comps["W"].V, axis=1), 1.0, rtol=1e-10)
+  x = data.sparse_features(jax.random.PRNGKey(15), 64, 5, 0.3, dtype=jnp.float64)
+  grads = jax.grad(lambda c: apd.loss(c, params, x, None, apply=tms.apply, cfg=cfg)[0])(comps)
+  proj = apd.project_grads(grads, comps, cfg)
+  np.testing.assert_allclose(jnp.sum(proj["W"].V * comps["W"].V, axis=1), 0.0, atol=1e-10)
+  np.testing.assert_array_equal(proj["W"].U, grads["W"].U)
+  assert float(jnp.abs(grads["W"].V - proj["W"].V).max()) > 1e-6  # it did remove something
+  # through the training step: V stays unit-norm after an Adam update
+  opt = optax.adam(1e-2)
+  update = apd.make_update(tms.apply, cfg, lambda k: x, opt)
+  state, _ = update(train.init_state(comps, opt, jax.random.PRNGKey(0)), params)
+  np.testing.assert_allclose(jnp.linalg.norm(state.params["W"].V, axis=1), 1.0, rtol=1e-10)
+  assert apd.project_grads(grads, comps, _cfg()) is grads

@@ -79,7 +79,7 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
   ck = Checkpointer(workdir)
   state = ck.start(state, resume)
   save_json(os.path.join(workdir, "config.json"), c.to_dict())
-  update = train.make_update(method.make_loss(mod.apply, mcfg, batch_fn), opt)
+  update = method.make_update(mod.apply, mcfg, batch_fn, opt)
   state = train.fit(state, params, update, total_steps=c.optim.steps, workdir=workdir,
                     log_every=c.run.log_every, steps_per_dispatch=c.run.steps_per_dispatch,
                     checkpoint_every=c.run.checkpoint_every, checkpointer=ck, name=c.method)
