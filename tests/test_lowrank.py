@@ -46,6 +46,9 @@ def test_totals_match_loops():
   mask = jnp.array([[1.0, 0, 0.5, 1], [0, 0, 0, 0]])
   want = np.einsum("bc,cij->bij", mask, mats)
   np.testing.assert_allclose(lowrank.masked_total(f, mask), want, rtol=1e-12, atol=1e-15)
+  for b in range(2):  # the factored form used by the masked forward pass is the same matrix
+    np.testing.assert_allclose(lowrank.masked_lowrank(f, mask[b]).dense(), want[b], rtol=1e-12,
+                               atol=1e-15)
 
 
 def test_init_rejects_non_matrix_and_unknown_init():
