@@ -42,6 +42,8 @@ def default_config() -> ml_collections.ConfigDict:
       simplicity_coeff=0.7,
       schatten_p=1.0,
       unit_norm_matrices=False,  # keep every V column (input side of W = U V^T) at unit norm
+      formulation="topk",        # topk | lp (attribution-sparsity variant: no masks)
+      lp_p=0.9,                  # p1 of the lp formulation: minimality = mean_b sum_c A_c^p1
   ))
 
 
@@ -50,6 +52,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   cfglib.one_of(cfg, "attribution", ATTRIBUTIONS)
   cfglib.one_of(cfg, "attribution_model", ATTRIBUTION_MODELS)
   cfglib.one_of(cfg, "sparsity", SPARSITY)
+  cfglib.one_of(cfg, "formulation", ("topk", "lp"))
+  cfglib.require(cfg.formulation != "lp" or cfg.attribution == "gradient", "attribution",
+                 "the lp formulation uses gradient attributions")
+  cfglib.positive(cfg, "lp_p")
   cfglib.one_of(cfg, "init", ("xavier_normal", "kaiming_uniform"))
   cfglib.positive(cfg, "C", "topk", "schatten_p")
   cfglib.require(cfg.m >= 0, "m", f"must be >= 0 (0 = full rank), got {cfg.m}")
@@ -114,19 +120,26 @@ def _with(params, weights: dict):
   return pytree.replace(params, weights)
 
 
+def _mean_sq_gradient_attribution(apply, params, comps: Components, x, cfg) -> jax.Array:
+  """[B, C] mean over outputs o of <grad_W f_o(x), P_c>^2, differentiable in the components."""
+  mats = {p: lowrank.components(f) for p, f in comps.items()}  # [C, a, b]
+  base = params
+  if cfg.attribution_model == "apd":
+    base = _with(params, jax.lax.stop_gradient({p: lowrank.total(f) for p, f in comps.items()}))
+  primal = pytree.get(base, list(comps))
+  fn = lambda ws: apply(_with(base, ws), x)
+  _, dots = directional_derivatives(fn, primal, mats)          # [C, B, ...]
+  return jnp.mean(dots.reshape(dots.shape[:2] + (-1,)) ** 2, axis=-1).T
+
+
 def attributions(apply: Callable, params, comps: Components, x: jax.Array,
                  cfg) -> jax.Array:
   """[B, C] attributions of each component on each sample (§1.3), without gradient."""
   comps = jax.lax.stop_gradient(comps)
+  if cfg.attribution == "gradient":
+    return jnp.sqrt(_mean_sq_gradient_attribution(apply, params, comps, x, cfg))
   totals = {p: lowrank.total(f) for p, f in comps.items()}
   mats = {p: lowrank.components(f) for p, f in comps.items()}  # [C, a, b]
-  if cfg.attribution == "gradient":
-    base = params if cfg.attribution_model == "target" else _with(params, totals)
-    primal = pytree.get(base, list(comps))
-    fn = lambda ws: apply(_with(base, ws), x)
-    _, dots = directional_derivatives(fn, primal, mats)          # [C, B, ...]
-    dots = dots.reshape(dots.shape[:2] + (-1,))
-    return jnp.sqrt(jnp.mean(dots**2, axis=-1)).T
   # ablation: output change when component c alone is removed from the all-components model
   full = apply(_with(params, totals), x)
   ablated = jax.vmap(lambda ms: apply(_with(params, {p: totals[p] - ms[p] for p in ms}), x))(mats)
@@ -162,18 +175,28 @@ def component_use(apply: Callable, params, comps: Components, x: jax.Array, cfg)
 
 
 def loss(comps: Components, params, x: jax.Array, key, *, apply: Callable, cfg):
-  """(total loss, metrics) of the top-k formulation (§1.5) on batch x; `key` is unused."""
+  """(total loss, metrics) on batch x (§1.5): the top-k formulation, or with
+  ``cfg.formulation == 'lp'`` the L_p attribution-sparsity one. `key` is unused."""
   del key  # APD's loss is deterministic given the batch
   n = n_decomposed(params, comps)
   target = pytree.get(params, list(comps))
   faith = sum(jnp.sum((target[p] - lowrank.total(f)) ** 2) for p, f in comps.items()) / n
+  per_comp = sum(lowrank.schatten(f, cfg.schatten_p) for f in comps.values())  # [C]
+
+  if cfg.formulation == "lp":
+    # A_c^p1 = (mean_o <grad f_o, P_c>^2)^(p1/2); gradients flow through the attributions.
+    weight = (_mean_sq_gradient_attribution(apply, params, comps, x, cfg) + 1e-16) ** (
+        cfg.lp_p / 2)
+    minimality = jnp.mean(jnp.sum(weight, axis=1))
+    simplicity = jnp.mean(weight @ per_comp) / n
+    total = (cfg.faithfulness_coeff * faith + cfg.minimality_coeff * minimality
+             + cfg.simplicity_coeff * simplicity)
+    return total, {"faithfulness": faith, "minimality": minimality, "simplicity": simplicity}
 
   y_star = jax.lax.stop_gradient(apply(params, x))
   mask = mask_from(attributions(apply, params, comps, x, cfg), cfg)
   y_s = masked_apply(apply, params, comps, mask, x)
   minimality = jnp.mean((y_s - y_star) ** 2)
-
-  per_comp = sum(lowrank.schatten(f, cfg.schatten_p) for f in comps.values())  # [C]
   simplicity = jnp.mean(mask @ per_comp) / n
 
   total = (cfg.faithfulness_coeff * faith + cfg.minimality_coeff * minimality

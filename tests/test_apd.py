@@ -209,3 +209,29 @@ def test_unit_norm_option_normalises_and_projects():
   state, _ = update(train.init_state(comps, opt, jax.random.PRNGKey(0)), params)
   np.testing.assert_allclose(jnp.linalg.norm(state.params["W"].V, axis=1), 1.0, rtol=1e-10)
   assert apd.project_grads(grads, comps, _cfg()) is grads
+
+
+def test_lp_formulation_on_a_linear_layer_is_closed_form():
+  """With f = W x, A_c(x) = |P_c x| / sqrt(d_out): both Lp losses follow by hand."""
+  params = {"W": jax.random.normal(jax.random.PRNGKey(16), (4, 6))}
+  cfg = _cfg(C=3, m=2, formulation="lp", lp_p=0.9, schatten_p=1.0, minimality_coeff=7.0,
+             simplicity_coeff=1.0)
+  apd.validate(cfg)
+  comps = apd.init(jax.random.PRNGKey(17), params, cfg)
+  x = jax.random.normal(jax.random.PRNGKey(18), (9, 6))
+  total, met = apd.loss(comps, params, x, None, apply=_linear, cfg=cfg)
+  mats = lowrank.components(comps["W"])
+  a = jnp.linalg.norm(jnp.einsum("cij,bj->bci", mats, x), axis=-1) / 2.0      # [B, C]
+  s = jnp.sum(jnp.sqrt(jnp.sum(comps["W"].U**2, 1) * jnp.sum(comps["W"].V**2, 1)), -1)  # p=1
+  np.testing.assert_allclose(met["minimality"], jnp.mean(jnp.sum(a**0.9, 1)), rtol=1e-6)
+  np.testing.assert_allclose(met["simplicity"], jnp.mean(a**0.9 @ s) / 24, rtol=1e-6)
+  np.testing.assert_allclose(total, met["faithfulness"] + 7 * met["minimality"]
+                             + met["simplicity"], rtol=1e-12)
+  # the attributions carry gradient in this formulation: compare with a finite difference
+  f = lambda u: apd.loss({"W": comps["W"]._replace(U=u)}, params, x, None, apply=_linear,
+                         cfg=cfg)[1]["minimality"]
+  g = jax.grad(f)(comps["W"].U)
+  h = 1e-6
+  e = jnp.zeros_like(comps["W"].U).at[1, 2, 0].set(h)
+  np.testing.assert_allclose(g[1, 2, 0], (f(comps["W"].U + e) - f(comps["W"].U - e)) / (2 * h),
+                             rtol=1e-5)
