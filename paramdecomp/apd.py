@@ -178,6 +178,7 @@ def loss(comps: Components, params, x: jax.Array, key, *, apply: Callable, cfg):
   """(total loss, metrics) on batch x (§1.5): the top-k formulation, or with
   ``cfg.formulation == 'lp'`` the L_p attribution-sparsity one. `key` is unused."""
   del key  # APD's loss is deterministic given the batch
+  check_components(params, comps)  # shapes only: costs nothing at run time
   n = n_decomposed(params, comps)
   target = pytree.get(params, list(comps))
   faith = sum(jnp.sum((target[p] - lowrank.total(f)) ** 2) for p, f in comps.items()) / n

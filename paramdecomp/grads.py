@@ -35,6 +35,5 @@ def directional_derivatives(fn: Callable[[PyTree], jax.Array], primal: PyTree,
   forward passes and never forms a gradient per output, so it is the cheap way to get
   <grad_theta f_o, P_k> for every output o and direction k at once.
   """
-  out = fn(primal)
-  dots = jax.vmap(lambda t: jax.jvp(fn, (primal,), (t,))[1])(tangents)
-  return out, dots
+  out, fn_jvp = jax.linearize(fn, primal)  # one primal pass shared by all K directions
+  return out, jax.vmap(fn_jvp)(tangents)

@@ -19,7 +19,7 @@ import apd_tms  # noqa: E402
 import tms as tms_configs  # noqa: E402
 
 from paramdecomp import apd, train  # noqa: E402
-from toy_models import data, tms  # noqa: E402
+from toy_models import tms, training  # noqa: E402
 
 _VARIANTS = flags.DEFINE_list("variants", ["5-2", "40-10"], "TMS variants.")
 _BATCH = flags.DEFINE_integer("batch", 2048, "Decomposition batch size.")
@@ -31,8 +31,7 @@ def bench_apd_tms(variant: str, batch: int, steps: int, repeats: int) -> float:
   tcfg = tms_configs.get_config(variant)
   params = tms.init(jax.random.PRNGKey(0), tcfg.model)
   c = apd_tms.get_config(variant)
-  n = tcfg.model.n_features
-  batch_fn = lambda k: data.sparse_features(k, batch, n, tcfg.data.p)
+  batch_fn = lambda k: training.batch(k, tcfg, batch)
   opt = optax.adam(c.optim.lr)
   state = train.init_state(apd.init(jax.random.PRNGKey(1), params, c.apd), opt,
                            jax.random.PRNGKey(2))

@@ -14,8 +14,8 @@ from paramdecomp import apd, figures, lowrank, schedules, sharding, train
 from paramdecomp import config as cfglib
 from paramdecomp.checkpoint import Checkpointer, save_json
 from paramdecomp.metrics import mmcs_ml2r
-from toy_models import data, tms
-from toy_models.training import load_target, model_module
+from toy_models import tms
+from toy_models.training import batch, load_target, model_module
 
 METHODS = {"apd": apd}
 
@@ -64,8 +64,7 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
     mesh = sharding.make_mesh(c.run.mesh.data, c.run.mesh.components)
 
   def batch_fn(key):
-    x = data.sparse_features(key, c.batch_size, tcfg.model.n_features, tcfg.data.p,
-                             tcfg.data.lo, tcfg.data.hi)
+    x = batch(key, tcfg, c.batch_size)
     return x if mesh is None else sharding.constrain_batch(mesh, x)
 
   key = jax.random.PRNGKey(c.seed)

@@ -47,9 +47,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cfglib.one_of(c, "optim.schedule", schedules.KINDS)
 
 
-def batch(key, c: ml_collections.ConfigDict) -> jax.Array:
-  return data.sparse_features(key, c.data.batch_size, c.model.n_features, c.data.p,
-                              c.data.lo, c.data.hi)
+def batch(key, c: ml_collections.ConfigDict, batch_size: int | None = None) -> jax.Array:
+  """A batch of the target's training distribution (c has 'model' and 'data' fields)."""
+  return data.sparse_features(key, batch_size or c.data.batch_size, c.model.n_features,
+                              c.data.p, c.data.lo, c.data.hi)
 
 
 def train_target(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:
