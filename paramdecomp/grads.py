@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 PyTree = Any
 
@@ -25,6 +26,26 @@ def per_sample_grads(fn: Callable[..., jax.Array], params: PyTree, *batch: jax.A
   chunked = [x.reshape((b // chunk_size, chunk_size) + x.shape[1:]) for x in batch]
   out = jax.lax.map(lambda xs: g(params, *xs), chunked)
   return jax.tree.map(lambda y: y.reshape((b,) + y.shape[2:]), out)
+
+
+def per_sample_grad_sq_norms(fn: Callable[..., jax.Array], params: PyTree, *batch: jax.Array,
+                             chunk_size: int | None = None) -> jax.Array:
+  """[B] squared L2 norms (over all leaves) of the per-sample gradients of `per_sample_grads`.
+
+  With `chunk_size` only chunk_size x params gradients are ever live: memory does not grow with
+  B x params, which is what lets a method need ||g_i||^2 without holding every g_i.
+  """
+  def sq(*xs):
+    g = per_sample_grads(fn, params, *xs)
+    return sum(jnp.sum(leaf.reshape(leaf.shape[0], -1) ** 2, axis=1) for leaf in jax.tree.leaves(g))
+
+  b = batch[0].shape[0]
+  if chunk_size is None or chunk_size >= b:
+    return sq(*batch)
+  if b % chunk_size:
+    raise ValueError(f"batch {b} is not a multiple of chunk_size {chunk_size}")
+  chunked = [x.reshape((b // chunk_size, chunk_size) + x.shape[1:]) for x in batch]
+  return jax.lax.map(lambda xs: sq(*xs), chunked).reshape(b)
 
 
 def directional_derivatives(fn: Callable[[PyTree], jax.Array], primal: PyTree,

@@ -27,3 +27,22 @@ def batch_topk_mask(scores: jax.Array, k: float) -> jax.Array:
   flat = jax.lax.stop_gradient(scores).reshape(-1)
   _, idx = jax.lax.top_k(flat, n)
   return jnp.zeros_like(flat).at[idx].set(1.0).reshape(b, c)
+
+
+def fraction_threshold(scores: jax.Array, frac: float) -> jax.Array:
+  """Scalar tau: the n-th largest of all entries of `scores`, n = floor(frac * scores.size).
+
+  Keeping ``scores >= tau`` keeps (ties aside) the top `frac` fraction of the entries: L3D's
+  fractional batch top-k (METHODS.md §3.3) over all B x n_v coefficients.
+  """
+  n = int(frac * scores.size)
+  if not 0 < n <= scores.size:
+    raise ValueError(f"fractional top-k keeps floor(frac*N) = {n} of N = {scores.size} entries "
+                     f"(frac={frac}); need 1 <= n <= N")
+  return jax.lax.top_k(jax.lax.stop_gradient(scores).reshape(-1), n)[0][-1]
+
+
+def fraction_topk_mask(scores: jax.Array, frac: float) -> jax.Array:
+  """0/1 mask (shape of `scores`) of the entries >= `fraction_threshold(scores, frac)`."""
+  s = jax.lax.stop_gradient(scores)
+  return (s >= fraction_threshold(s, frac)).astype(scores.dtype)
