@@ -34,3 +34,56 @@ def tms_arrows(target: np.ndarray, comps: np.ndarray, path: str, title: str = ""
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
+
+
+def subnetwork_weights(target: dict, blocks: dict, path: str, title: str = "") -> str:
+  """L3D figure: each decomposed tensor of the target (top row) next to every subnetwork's block
+  of it (one row per subnetwork). target: {name: array}; blocks: {name: [n_v, *shape]}; tensors
+  of order 1 are drawn as a row, higher orders flattened to 2-d."""
+  names = list(target)
+  n_v = next(iter(blocks.values())).shape[0]
+  as2d = lambda a: np.atleast_2d(a.reshape(a.shape[0], -1) if a.ndim > 2 else a)
+  fig, axes = plt.subplots(n_v + 1, len(names), figsize=(1.8 * len(names) + 1, 1.2 * (n_v + 1)),
+                           squeeze=False)
+  for j, nm in enumerate(names):
+    rows = [("target", np.asarray(target[nm]))] + [(f"v{k}", np.asarray(blocks[nm][k]))
+                                                   for k in range(n_v)]
+    for i, (lbl, a) in enumerate(rows):
+      a = as2d(a)
+      lim = max(np.abs(a).max(), 1e-9)
+      axes[i, j].imshow(a, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+      axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
+      if j == 0:
+        axes[i, j].set_ylabel(lbl, fontsize=8)
+      if i == 0:
+        axes[i, j].set_title(nm, fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def perturbation_sweeps(deltas: np.ndarray, change: np.ndarray, uses: np.ndarray,
+                        path: str) -> str:
+  """L3D figure: mean |output change| against delta for f(x, W0 + delta v_k), per subnetwork,
+  separately for the samples that use its feature and the others.
+
+  deltas: [D]; change: [D, n_v, B]; uses: [B, n_v] bool."""
+  n_v = change.shape[1]
+  fig, axes = plt.subplots(1, n_v, figsize=(2.4 * n_v, 2.4), squeeze=False)
+  for k in range(n_v):
+    ax = axes[0, k]
+    on, off = uses[:, k], ~uses[:, k]
+    if on.any():
+      ax.plot(deltas, change[:, k, on].mean(1), label="feature active")
+    if off.any():
+      ax.plot(deltas, change[:, k, off].mean(1), label="inactive", ls="--")
+    ax.set_title(f"v{k}", fontsize=9), ax.set_xlabel("delta", fontsize=8)
+  axes[0, 0].set_ylabel("mean |f(W0 + delta v) - f(W0)|", fontsize=8)
+  axes[0, 0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

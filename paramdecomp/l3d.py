@@ -144,7 +144,7 @@ def init(key, params, cfg) -> dict:
   dec = {p: init_tucker(jax.random.fold_in(key, i), w.shape, cfg.n_subnets, cfg.rank, w.dtype)
          for i, (p, w) in enumerate(ws.items())}
   dec = normalize(dec, cfg.decoder_norm)
-  return {"enc": jax.tree.map(lambda a: a, dec), "dec": dec}
+  return {"enc": jax.tree.map(jnp.copy, dec), "dec": dec}  # own buffers: states are donated
 
 
 def check_subnets(params, state: dict) -> None:

@@ -24,3 +24,26 @@ def exactly_n_active(key, batch: int, n_features: int, n: int, lo: float = 0.0,
   ranks = jnp.argsort(jax.random.uniform(ka, (batch, n_features)), axis=1).argsort(axis=1)
   values = jax.random.uniform(kv, (batch, n_features), dtype, lo, hi)
   return jnp.where(ranks < n, values, 0.0).astype(dtype)
+
+
+def sparse_features_nonzero(key, batch: int, n_features: int, p: float, lo: float = 0.0,
+                            hi: float = 1.0, group_size: int = 1, random_sign: bool = False,
+                            dtype=jnp.float32) -> jax.Array:
+  """L3D's generator (METHODS.md §0.3, §3.5): like `sparse_features` but never an all-zero row.
+
+  Features come in co-active groups of `group_size` (each group active with probability p, every
+  member of an active group drawn independently from U[lo, hi]); `random_sign` flips each value's
+  sign with probability 1/2. Rejection sampling is done exactly in one pass: the first active
+  group j has P(j) proportional to (1-p)^j p, the groups after it are independent.
+  """
+  if n_features % group_size:
+    raise ValueError(f"{n_features} features do not split into groups of {group_size}")
+  g = n_features // group_size
+  kf, ka, kv, ks = jax.random.split(key, 4)
+  first = jax.random.categorical(kf, jnp.arange(g) * jnp.log1p(-p), shape=(batch,))
+  later = jax.random.bernoulli(ka, p, (batch, g)) & (jnp.arange(g) > first[:, None])
+  active = jnp.repeat((jnp.arange(g) == first[:, None]) | later, group_size, axis=1)
+  values = jax.random.uniform(kv, (batch, n_features), dtype, lo, hi)
+  if random_sign:
+    values = jnp.where(jax.random.bernoulli(ks, 0.5, values.shape), values, -values)
+  return jnp.where(active, values, 0.0).astype(dtype)

@@ -55,3 +55,17 @@ def label(x: jax.Array) -> jax.Array:
 def represented_features(params: dict, threshold: float = 0.5) -> jax.Array:
   """[n_features] bool: the feature's embedding column has norm >= threshold."""
   return jnp.linalg.norm(params["W"], axis=0) >= threshold
+
+
+def untie(params: dict) -> dict:
+  """The tied TMS as separate tensors {'W_in': W, 'W_out': W^T, 'b'} (L3D's TM1 decomposes
+  encoder and decoder separately); run it with `apply_untied`."""
+  if "hidden" in params:
+    raise ValueError("untie supports TMS without hidden layers")
+  return {"W_in": params["W"], "W_out": params["W"].T, "b": params["b"]}
+
+
+def apply_untied(params: dict, x: jax.Array) -> jax.Array:
+  """ReLU(W_out W_in x + b): [..., n_features] -> [..., n_features]."""
+  chex.assert_axis_dimension(x, -1, params["W_in"].shape[1])
+  return jax.nn.relu(x @ params["W_in"].T @ params["W_out"].T + params["b"])

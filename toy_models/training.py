@@ -15,9 +15,9 @@ from paramdecomp import schedules
 from paramdecomp import train
 from paramdecomp.checkpoint import (Checkpointer, MissingCheckpointError, load_on_one_device,
                                     save_json)
-from toy_models import data, resid_mlp, tms
+from toy_models import circuits, data, resid_mlp, squares, tms
 
-MODELS = {"tms": tms, "resid_mlp": resid_mlp}
+MODELS = {"tms": tms, "resid_mlp": resid_mlp, "circuits": circuits, "squares": squares}
 
 
 def model_module(kind: str):
@@ -26,11 +26,26 @@ def model_module(kind: str):
   return MODELS[kind]
 
 
+def model_apply(model_cfg):
+  """The model's ``apply(params, x)``; modules whose forward pass depends on the config (e.g. the
+  activation) provide ``apply_for(model_cfg)``."""
+  mod = model_module(model_cfg.kind)
+  return mod.apply_for(model_cfg) if hasattr(mod, "apply_for") else mod.apply
+
+
+def labels(mod, params, x: jax.Array) -> jax.Array:
+  """Training labels: ``mod.label(x)``, or ``mod.label_from(params, x)`` for tasks stored in the
+  (frozen) params, such as the circuit toys' matrix A."""
+  return mod.label_from(params, x) if hasattr(mod, "label_from") else mod.label(x)
+
+
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = tms.model_config(5, 2)
-  c.data = ml_collections.ConfigDict(dict(p=0.05, lo=0.0, hi=1.0, batch_size=1024))
+  # reject_zero / group_size / random_sign: L3D's generator (data.sparse_features_nonzero)
+  c.data = ml_collections.ConfigDict(dict(p=0.05, lo=0.0, hi=1.0, batch_size=1024,
+                                          reject_zero=False, group_size=1, random_sign=False))
   c.optim = ml_collections.ConfigDict(dict(lr=5e-3, weight_decay=0.01, steps=5000,
                                            schedule="constant", warmup_pct=0.0))
   c.run = ml_collections.ConfigDict(dict(log_every=1000, steps_per_dispatch=500,
@@ -49,8 +64,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 def batch(key, c: ml_collections.ConfigDict, batch_size: int | None = None) -> jax.Array:
   """A batch of the target's training distribution (c has 'model' and 'data' fields)."""
-  return data.sparse_features(key, batch_size or c.data.batch_size, c.model.n_features,
-                              c.data.p, c.data.lo, c.data.hi)
+  n = batch_size or c.data.batch_size
+  if c.data.get("reject_zero", False):  # fields absent from targets saved before they existed
+    return data.sparse_features_nonzero(key, n, c.model.n_features, c.data.p, c.data.lo,
+                                        c.data.hi, c.data.get("group_size", 1),
+                                        c.data.get("random_sign", False))
+  return data.sparse_features(key, n, c.model.n_features, c.data.p, c.data.lo, c.data.hi)
 
 
 def train_target(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:
@@ -59,11 +78,13 @@ def train_target(c: ml_collections.ConfigDict, workdir: str, resume: bool = Fals
   mod = model_module(c.model.kind)
   os.makedirs(workdir, exist_ok=True)
   params = mod.init(jax.random.PRNGKey(c.seed), c.model)
+  apply = model_apply(c.model)
   frozen = {k: params.pop(k) for k in mod.FROZEN if k in params}
 
   def loss_fn(p, fz, key):
     x = batch(key, c)
-    return jnp.mean((mod.apply({**p, **fz}, x) - mod.label(x)) ** 2), {}
+    full = {**p, **fz}
+    return jnp.mean((apply(full, x) - labels(mod, full, x)) ** 2), {}
 
   sched = schedules.lr_schedule(c.optim.lr, c.optim.steps, c.optim.warmup_pct, c.optim.schedule)
   opt = optax.adamw(sched, weight_decay=c.optim.weight_decay)

@@ -1,0 +1,119 @@
+"""Measurements and interventions along L3D subnetworks (METHODS.md §3.6).
+
+`dec` is the decoder map of an L3D state ({path: Tucker}); its rows v_k are the subnetworks.
+Interventions evaluate the target at W0 + delta v_k with the decomposed tensors replaced; `paths`
+restricts a perturbation to some tensors (e.g. only the hidden layers, to rule out bias-only
+solutions). Signs of v_k are arbitrary: look at both signs of delta.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from paramdecomp import l3d, pytree
+from paramdecomp.grads import directional_derivatives
+
+
+def _moved(params, dec_blocks: dict, step: dict) -> dict:
+  """params with each decomposed tensor p moved by step[p] (a tensor of its shape)."""
+  ws = pytree.get(params, list(dec_blocks))
+  return pytree.replace(params, {p: ws[p] + step[p] for p in step})
+
+
+def _restrict(dec_blocks: dict, paths: Sequence[str] | None) -> dict:
+  if paths is None:
+    return dec_blocks
+  unknown = set(paths) - set(dec_blocks)
+  if unknown:
+    raise ValueError(f"paths {sorted(unknown)} are not decomposed; they are {list(dec_blocks)}")
+  return {p: b for p, b in dec_blocks.items() if p in paths}
+
+
+def impact(apply: Callable, params, enc: dict, x: jax.Array, key, cfg,
+           n_refs: int = 10) -> jax.Array:
+  """[B, n_v] impact I(x_i, v_k) = mean over `n_refs` drawn references y_j of
+  |<V_in_k, grad_W D(f(x_i, W), y_j)>| (= |c_ik|)."""
+  y0 = jax.lax.stop_gradient(apply(params, x))
+  tang = l3d.blocks(enc)
+
+  def one(k):
+    y_ref = l3d.references(k, y0, cfg.reference, cfg.sequence)
+    return jnp.abs(l3d.directional(apply, params, x, y0, y_ref, tang, cfg))
+
+  return jnp.mean(jax.lax.map(one, jax.random.split(key, n_refs)), axis=0)
+
+
+def top_samples(impacts: jax.Array, n: int) -> jax.Array:
+  """[n_v, n] indices of the n samples of largest impact per subnetwork (impacts: [B, n_v])."""
+  return jax.lax.top_k(impacts.T, n)[1]
+
+
+def output_derivatives(apply: Callable, params, dec: dict, x: jax.Array,
+                       paths: Sequence[str] | None = None) -> jax.Array:
+  """[n_v, B, ...] d/d delta f(x, W0 + delta v_k) at delta = 0 (one `jvp` per subnetwork)."""
+  tang = _restrict(l3d.blocks(dec), paths)
+  ws = pytree.get(params, list(tang))
+  _, d = directional_derivatives(lambda w: apply(pytree.replace(params, w), x), ws, tang)
+  return d
+
+
+def most_affected_outputs(apply: Callable, params, dec: dict, x: jax.Array,
+                          top: int = 5) -> jax.Array:
+  """[n_v, B, top] indices (over the flattened output of a sample) of the outputs that move most
+  along each subnetwork: argmax_o |d f_o(x, W0 + delta v_k) / d delta|."""
+  d = output_derivatives(apply, params, dec, x)
+  d = jnp.abs(d.reshape(d.shape[:2] + (-1,)))
+  return jax.lax.top_k(d, top)[1]
+
+
+def perturb(apply: Callable, params, dec: dict, x: jax.Array, deltas: jax.Array,
+            paths: Sequence[str] | None = None) -> jax.Array:
+  """[D, n_v, B, ...] outputs f(x, W0 + delta v_k) over the grid `deltas` [D] and every k;
+  with `paths`, only those tensors of v_k are applied."""
+  bl = _restrict(l3d.blocks(dec), paths)
+
+  def at(delta, k):
+    return apply(_moved(params, bl, {p: delta * b[k] for p, b in bl.items()}), x)
+
+  n_v = next(iter(bl.values())).shape[0]
+  return jax.vmap(lambda d: jax.vmap(lambda k: at(d, k))(jnp.arange(n_v)))(deltas)
+
+
+def perturb_pair(apply: Callable, params, dec: dict, x: jax.Array, k1: int, k2: int,
+                 deltas1: jax.Array, deltas2: jax.Array,
+                 paths: Sequence[str] | None = None) -> jax.Array:
+  """[D1, D2, B, ...] outputs f(x, W0 + d1 v_k1 + d2 v_k2) over the two grids."""
+  bl = _restrict(l3d.blocks(dec), paths)
+
+  def at(d1, d2):
+    return apply(_moved(params, bl, {p: d1 * b[k1] + d2 * b[k2] for p, b in bl.items()}), x)
+
+  return jax.vmap(lambda a: jax.vmap(lambda b: at(a, b))(deltas2))(deltas1)
+
+
+def output_change(apply: Callable, params, dec: dict, x: jax.Array, delta: float,
+                  paths: Sequence[str] | None = None) -> jax.Array:
+  """[n_v, B] mean absolute output change per sample, averaged over +delta and -delta."""
+  base = apply(params, x)
+  moved = perturb(apply, params, dec, x, jnp.array([delta, -delta]), paths)  # [2, K, B, ...]
+  diff = jnp.abs(moved - base[None, None])
+  return jnp.mean(diff.reshape(diff.shape[:3] + (-1,)), axis=(0, 3))
+
+
+def specificity(change: jax.Array, uses: jax.Array) -> jax.Array:
+  """[n_v] mean output change of the samples that use subnetwork k's feature divided by that of
+  the samples that do not. change: [n_v, B] (`output_change`); uses: [B, n_v] bool."""
+  u = uses.T.astype(change.dtype)
+  on = jnp.sum(change * u, axis=1) / jnp.maximum(jnp.sum(u, axis=1), 1)
+  off = jnp.sum(change * (1 - u), axis=1) / jnp.maximum(jnp.sum(1 - u, axis=1), 1)
+  return on / (off + 1e-12)
+
+
+def feature_of_subnet(impacts: jax.Array, x: jax.Array) -> jax.Array:
+  """[n_v] the input feature each subnetwork serves: argmax_j of its mean impact over the
+  samples with x_j != 0 (impacts: [B, n_v], x: [B, n_features])."""
+  act = (x != 0).astype(impacts.dtype)                                # [B, F]
+  mean = (impacts.T @ act) / jnp.maximum(jnp.sum(act, axis=0), 1)   # [K, F]
+  return jnp.argmax(mean, axis=1)

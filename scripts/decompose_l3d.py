@@ -1,0 +1,26 @@
+"""L3D decomposition of a trained toy target; writes checkpoints, metrics.jsonl, summary.json,
+subnetworks.png (subnetwork blocks next to the target's tensors) and perturbation_sweeps.png.
+
+  python scripts/train_toy.py --config=scripts/configs/l3d_toys.py:tm1 --workdir=runs/l3d_tm1
+  python scripts/decompose_l3d.py --config=scripts/configs/l3d_decompose.py:tm1 \
+      --config.target_dir=runs/l3d_tm1 --workdir=runs/l3d_tm1_dec [--resume]
+"""
+import json
+
+from absl import app
+
+from paramdecomp.cli import define_run_flags, setup_logging
+from toy_models.l3d_decomposition import decompose
+
+_CONFIG, _WORKDIR, _RESUME = define_run_flags("L3D decomposition")
+
+
+def main(argv):
+  del argv
+  setup_logging()
+  summary = decompose(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
+  print(json.dumps(summary, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
