@@ -126,7 +126,7 @@ def subnet_norms(subnets: dict[str, Tucker], kind: str = "l2") -> jax.Array:
 
 def normalize(subnets: dict[str, Tucker], kind: str = "l2", eps: float = 1e-12):
   """Each subnetwork divided by its norm, the factor spread equally over core and factors."""
-  n = subnet_norms(subnets, kind) + eps
+  n = jnp.maximum(subnet_norms(subnets, kind), eps)
 
   def scale(t: Tucker) -> Tucker:
     s = n ** (-1.0 / (len(t.factors) + 1))

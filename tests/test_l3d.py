@@ -1,0 +1,443 @@
+"""L3D oracles (METHODS.md §6.4): closed-form gradients, the two paths against each other, Tucker
+blocks against mode products, top-k against a sort, references, normalisation, interventions."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from paramdecomp import l3d, sparsity, train
+from paramdecomp import l3d_measures as ms
+from paramdecomp.config import ConfigError
+from toy_models import circuits, data, squares, tms, training
+
+
+def _cfg(**kw):
+  c = l3d.default_config()
+  c.update(kw)
+  return c
+
+
+def _tm1(key, dtype=jnp.float64):
+  ks = jax.random.split(key, 3)
+  return {"W_in": jax.random.normal(ks[0], (2, 5), dtype),
+          "W_out": jax.random.normal(ks[1], (5, 2), dtype),
+          "b": 0.1 * jax.random.normal(ks[2], (5,), dtype)}
+
+
+def _linear(params, x):
+  return x @ params["W"].T
+
+
+def _outputs(apply, params, x, key, cfg):
+  y0 = apply(params, x)
+  return y0, l3d.references(key, y0, cfg.reference, cfg.sequence)
+
+
+# ------------------------------------------------------------------------------------ divergences
+
+def test_surrogate_gradient_is_the_half_mean_squared_error_gradient():
+  params = _tm1(jax.random.PRNGKey(0))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (5,))
+  y0 = tms.apply_untied(params, x)
+  y_ref = jax.random.uniform(jax.random.PRNGKey(2), (5,))
+  sur = jax.grad(lambda p: l3d.divergence(tms.apply_untied(p, x), y0, y_ref))(params)
+  mse = jax.grad(lambda p: jnp.sum((tms.apply_untied(p, x) - y_ref) ** 2) / (2 * 5))(params)
+  for p in params:
+    np.testing.assert_allclose(sur[p], mse[p], rtol=1e-12, atol=1e-14)
+
+
+def test_kl_divergence_gradient_matches_autodiff_of_the_kl():
+  w = {"W": jax.random.normal(jax.random.PRNGKey(0), (4, 3))}
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 3))  # 3 positions of one sequence sample
+  y_ref = jax.random.normal(jax.random.PRNGKey(2), (3, 4))
+  y0 = _linear(w, x)
+  got = jax.grad(lambda p: l3d.divergence(_linear(p, x), y0, y_ref, "kl"))(w)["W"]
+
+  def kl(p):
+    pr = jax.nn.softmax(y_ref)
+    return jnp.mean(jnp.sum(pr * (jnp.log(pr) - jax.nn.log_softmax(_linear(p, x))), axis=-1))
+
+  np.testing.assert_allclose(got, jax.grad(kl)(w)["W"], rtol=1e-12)
+
+
+def test_linear_model_per_sample_gradient_is_rank_one_closed_form():
+  w = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+  x = jax.random.normal(jax.random.PRNGKey(1), (6, 4))
+  cfg = _cfg()
+  y0, y_ref = _outputs(_linear, {"W": w}, x, jax.random.PRNGKey(2), cfg)
+  g = l3d.gradients(_linear, {"W": w}, x, y0, y_ref, ["W"], cfg)["W"]
+  want = jnp.einsum("bo,bi->boi", (x @ w.T - y_ref) / 3, x)
+  np.testing.assert_allclose(g, want, rtol=1e-12)
+
+
+def test_tm1_closed_form_gradients():
+  """§3.5: with only feature i active, dD/dW_in[:, j] = (W_out^T delta) x_j, dD/dW_out[o, :] =
+  delta_o (x_i W_in[:, i])^T, dD/db = delta, delta_o = (f_o - y_r,o) 1[pre_o > 0] / n_o; with the
+  residual on output i alone, the gradient lives on {W_in[:, i], W_out[i, :], b_i}."""
+  params = _tm1(jax.random.PRNGKey(3))
+  params["b"] = jnp.full((5,), 0.2)  # every pre-activation positive on these inputs
+  i, xi = 2, 0.7
+  x = (xi * jax.nn.one_hot(i, 5))[None]
+  y0 = tms.apply_untied(params, x)
+  cfg = _cfg()
+  for y_ref in (jax.random.uniform(jax.random.PRNGKey(4), (1, 5)),
+                y0 - 0.3 * jax.nn.one_hot(i, 5)[None]):
+    g = l3d.gradients(tms.apply_untied, params, x, y0, y_ref, ["W_in", "W_out", "b"], cfg)
+    pre = x @ params["W_in"].T @ params["W_out"].T + params["b"]
+    delta = ((y0 - y_ref) * (pre > 0) / 5)[0]
+    h = xi * params["W_in"][:, i]
+    np.testing.assert_allclose(g["b"][0], delta, rtol=1e-12)
+    np.testing.assert_allclose(g["W_out"][0], jnp.outer(delta, h), rtol=1e-12)
+    np.testing.assert_allclose(g["W_in"][0], jnp.outer(params["W_out"].T @ delta, x[0]),
+                               rtol=1e-12, atol=1e-15)
+  # the last y_ref leaves a residual on output i only: the support of §3.5
+  np.testing.assert_allclose(g["W_in"][0][:, i], delta[i] * xi * params["W_out"][i], rtol=1e-12)
+  np.testing.assert_allclose(g["W_out"][0][i], delta[i] * xi * params["W_in"][:, i], rtol=1e-12)
+  off = (jnp.sum(g["W_in"][0] ** 2) - jnp.sum(g["W_in"][0][:, i] ** 2)
+         + jnp.sum(g["W_out"][0] ** 2) - jnp.sum(g["W_out"][0][i] ** 2)
+         + jnp.sum(g["b"][0] ** 2) - g["b"][0][i] ** 2)
+  assert abs(float(off)) < 1e-25
+
+
+# --------------------------------------------------------------------------------- Tucker blocks
+
+@pytest.mark.parametrize("shape,rank", [((7,), 2), ((4, 6), 2), ((3, 4, 5), 2), ((2, 3, 2, 4), 3)])
+def test_tucker_blocks_equal_explicit_mode_products(shape, rank):
+  t = l3d.init_tucker(jax.random.PRNGKey(0), shape, 3, rank, jnp.float64)
+  got = l3d.blocks_of(t)
+  for k in range(3):
+    want = t.core[k]
+    for u in t.factors:  # mode product: contract the leading rank axis, append the new mode
+      want = jnp.tensordot(want, u[k], axes=([0], [0]))
+    np.testing.assert_allclose(got[k], want, rtol=1e-12)
+  assert got.shape == (3,) + shape
+
+
+def test_tucker_matrix_block_has_rank_at_most_r():
+  t = l3d.init_tucker(jax.random.PRNGKey(1), (8, 9), 4, 2, jnp.float64)
+  for b in l3d.blocks_of(t):
+    assert np.linalg.matrix_rank(np.asarray(b), tol=1e-10) <= 2
+  assert l3d.init_tucker(jax.random.PRNGKey(1), (3, 9), 2, 5).core.shape == (2, 3, 5)
+
+
+def test_init_copies_the_normalised_decoder_into_the_encoder():
+  params = _tm1(jax.random.PRNGKey(0))
+  st = l3d.init(jax.random.PRNGKey(1), params, _cfg(n_subnets=4, rank=2))
+  np.testing.assert_allclose(l3d.subnet_norms(st["dec"]), np.ones(4), rtol=1e-12)
+  for a, b in zip(jax.tree.leaves(st["enc"]), jax.tree.leaves(st["dec"])):
+    np.testing.assert_array_equal(a, b)
+  assert list(st["dec"]) == ["W_in", "W_out", "b"]
+
+
+# ------------------------------------------------------------------------------------------ top-k
+
+@pytest.mark.parametrize("frac", [0.1, 0.25, 0.999, 1.0])
+def test_fraction_threshold_against_a_sort(frac):
+  s = jax.random.uniform(jax.random.PRNGKey(0), (32, 10))
+  n = int(frac * s.size)
+  tau = sparsity.fraction_threshold(s, frac)
+  assert float(tau) == float(jnp.sort(s.ravel())[::-1][n - 1])
+  assert int(sparsity.fraction_topk_mask(s, frac).sum()) == n
+
+
+def test_fraction_topk_keeps_ties_and_rejects_empty_selection():
+  s = jnp.array([[3.0, 1.0], [1.0, 0.0]])
+  assert int(sparsity.fraction_topk_mask(s, 0.5).sum()) == 3  # tau = 1, both ones kept
+  with pytest.raises(ValueError, match="floor"):
+    sparsity.fraction_threshold(s, 0.2)
+
+
+# ------------------------------------------------------------------------------------ references
+
+def test_batch_references_are_outputs_of_the_batch_drawn_uniformly():
+  y0 = jnp.arange(8.0)[:, None] * jnp.ones((8, 3))
+  refs = jax.vmap(lambda k: l3d.references(k, y0))(jax.random.split(jax.random.PRNGKey(0), 4000))
+  idx = np.asarray(refs[..., 0]).astype(int)                    # [draws, B]: which sample
+  np.testing.assert_array_equal(refs, y0[idx])
+  freq = np.bincount(idx.ravel(), minlength=8) / idx.size
+  assert np.all(np.abs(freq - 1 / 8) < 0.01)                      # ~6 s.e. of 32000 draws
+  assert np.mean(idx == np.arange(8)) > 0.1                       # with replacement: itself too
+
+
+def test_mean_and_sequence_references():
+  y0 = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 5))
+  np.testing.assert_allclose(l3d.references(None, y0, "mean", sequence=True),
+                             jnp.broadcast_to(y0.reshape(12, 5).mean(0), y0.shape), rtol=1e-12)
+  r = l3d.references(jax.random.PRNGKey(1), y0, "batch", sequence=True)
+  pool = np.asarray(y0.reshape(12, 5))
+  for row in np.asarray(r).reshape(12, 5):
+    assert np.any(np.all(np.isclose(pool, row), axis=1))
+  with pytest.raises(ValueError, match="sequence"):
+    l3d.references(jax.random.PRNGKey(1), y0[:, 0], "batch", sequence=True)
+
+
+def test_references_carry_no_gradient():
+  x = jnp.ones((3, 2))
+  g = jax.grad(lambda w: jnp.sum(l3d.references(jax.random.PRNGKey(0), x @ w)))(jnp.eye(2))
+  np.testing.assert_array_equal(g, 0.0)
+
+
+# ------------------------------------------------------------------------- the two paths, the loss
+
+def _squares_setup(dtype, batch=32, n_v=5, rank=2):
+  mcfg = squares.model_config(width=5)
+  params = jax.tree.map(lambda a: a.astype(dtype), squares.init(jax.random.PRNGKey(0), mcfg))
+  x = data.sparse_features_nonzero(jax.random.PRNGKey(1), batch, 5, 0.3, 0.0, 1.0,
+                                   random_sign=True, dtype=dtype)
+  cfg = _cfg(n_subnets=n_v, rank=rank, topk=0.1)
+  st = l3d.init(jax.random.PRNGKey(2), params, cfg)
+  # a trained-like encoder: different from the decoder
+  st["enc"] = jax.tree.map(lambda a, k: a + 0.3 * jax.random.normal(k, a.shape, dtype), st["enc"],
+                           _keys_like(st["enc"]))
+  return squares.apply, params, x, cfg, st
+
+
+def _keys_like(tree):
+  leaves, treedef = jax.tree.flatten(tree)
+  return jax.tree.unflatten(treedef, list(jax.random.split(jax.random.PRNGKey(9), len(leaves))))
+
+
+def test_forward_and_explicit_paths_agree_in_float32():
+  apply, params, x, cfg, st = _squares_setup(jnp.float32)
+  y0, y_ref = _outputs(apply, params, x, jax.random.PRNGKey(3), cfg)
+  run = lambda path: jax.jit(lambda s: l3d.loss_from_outputs(
+      s, params, x, y0, y_ref, apply=apply, cfg=cfg, path=path))(st)
+  (le, me), (lf, mf) = run("explicit"), run("forward")
+  assert le.dtype == jnp.float32 and 0.05 < float(le) < 2
+  c_e, c_f = np.asarray(me["coeffs"], np.float64), np.asarray(mf["coeffs"], np.float64)
+  assert np.max(np.abs(c_e - c_f)) / np.max(np.abs(c_e)) <= 1e-5
+  np.testing.assert_array_equal(me["mask"], mf["mask"])
+  assert abs(float(le) - float(lf)) / float(le) <= 1e-5
+  ge = jax.grad(lambda s: l3d.loss_from_outputs(s, params, x, y0, y_ref, apply=apply, cfg=cfg,
+                                                path="explicit")[0])(st)
+  gf = jax.grad(lambda s: l3d.loss_from_outputs(s, params, x, y0, y_ref, apply=apply, cfg=cfg,
+                                                path="forward")[0])(st)
+  a, b = (np.concatenate([np.ravel(v) for v in jax.tree.leaves(g)]) for g in (ge, gf))
+  assert np.linalg.norm(a - b) / np.linalg.norm(a) <= 1e-4
+
+
+def test_paths_agree_for_kl_on_sequences_and_with_chunks():
+  ks = jax.random.split(jax.random.PRNGKey(0), 3)
+  params = {"emb": jax.random.normal(ks[0], (4, 6)), "out": jax.random.normal(ks[1], (7, 6)),
+            "b": jax.random.normal(ks[2], (7,))}
+
+  def apply(p, x):  # x: [B, T] tokens -> [B, T, 7] logits
+    return jnp.tanh(p["emb"][x]) @ p["out"].T + p["b"]
+
+  x = jax.random.randint(ks[0], (8, 5), 0, 4)
+  cfg = _cfg(divergence="kl", sequence=True, n_subnets=3, rank=2, topk=0.3, chunk_size=4)
+  st = l3d.init(ks[1], params, cfg)
+  st["enc"] = jax.tree.map(lambda a: 1.3 * a, st["enc"])
+  lf, mf = l3d.loss(st, params, x, ks[2], apply=apply, cfg=cfg, path="forward")
+  le, me = l3d.loss(st, params, x, ks[2], apply=apply, cfg=cfg, path="explicit")
+  np.testing.assert_allclose(lf, le, rtol=1e-10)
+  np.testing.assert_allclose(mf["active"], me["active"], rtol=1e-12)
+
+
+def test_auto_path_choice():
+  cfg = _cfg()
+  assert l3d.choose_path(cfg, 32, 1000) == "explicit"
+  assert l3d.choose_path(cfg, 4096, 10_000) == "forward"
+  cfg.path = "forward"
+  assert l3d.choose_path(cfg, 32, 10) == "forward"
+
+
+def _parallel(n=4):
+  """§6.4 'parallel TMS': n independent scalar models y_i = w_i x_i (W diagonal, decomposed as
+  the diagonal vector), single-feature inputs."""
+  w = jnp.linspace(0.8, 1.2, n)
+  apply = lambda p, x: x * p["w"]
+  x = jnp.repeat(jnp.eye(n), 4, axis=0) * jnp.linspace(0.5, 1.0, 4 * n)[:, None]
+  return apply, {"w": w}, x
+
+
+@pytest.mark.parametrize("path", ["explicit", "forward"])
+def test_loss_is_zero_at_the_exact_solution_and_one_without_decoder(path):
+  apply, params, x = _parallel()
+  cfg = _cfg(n_subnets=4, rank=1, topk=0.25)
+  one_hot = l3d.Tucker(jnp.ones((4, 1)), (jnp.eye(4)[:, None, :],))
+  st = {"enc": {"w": one_hot}, "dec": {"w": one_hot}}
+  y0 = apply(params, x)
+  y_ref = jnp.roll(y0, 3, axis=0)  # another sample's output
+  val, _ = l3d.loss_from_outputs(st, params, x, y0, y_ref, apply=apply, cfg=cfg, path=path)
+  assert abs(float(val)) < 1e-12
+  zero = {"enc": st["enc"], "dec": {"w": l3d.Tucker(jnp.zeros((4, 1)), one_hot.factors)}}
+  val, _ = l3d.loss_from_outputs(zero, params, x, y0, y_ref, apply=apply, cfg=cfg, path=path)
+  np.testing.assert_allclose(val, 1.0, rtol=1e-9)
+
+
+def test_training_recovers_the_parallel_blocks():
+  """§6.4 integration oracle: from random init to loss < 1e-3 and recovery > 0.99."""
+  apply, params, x = _parallel()
+  cfg = _cfg(n_subnets=4, rank=1, topk=0.25)
+  opt = optax.adam(optax.exponential_decay(0.05, 1000, 0.5))
+  state = train.init_state(l3d.init(jax.random.PRNGKey(0), params, cfg), opt,
+                           jax.random.PRNGKey(1))
+  update = l3d.make_update(apply, cfg, lambda k: x, opt)
+  state = train.fit(state, params, update, total_steps=3000, workdir=None, log_every=0,
+                    steps_per_dispatch=1000)
+  for k in range(3):  # whatever the references
+    val = l3d.loss(state.params, params, x, jax.random.PRNGKey(k), apply=apply, cfg=cfg)[0]
+    assert float(val) < 1e-3
+  v = np.abs(np.asarray(l3d.flat(l3d.blocks(state.params["dec"]))))  # [K, 4], unit rows
+  assert np.mean(v.max(axis=0)) > 0.99
+
+
+# -------------------------------------------------------------------------------- normalisation
+
+def test_decoder_normalisation_variants():
+  params = {"a": jnp.ones((3, 4)), "b": jnp.ones(3), "c": jnp.ones((2, 2, 2))}
+  st = l3d.init(jax.random.PRNGKey(0), params, _cfg(n_subnets=3, rank=2))["dec"]
+  big = jax.tree.map(lambda a: 3.0 * a, st)
+  for kind in ("l2", "reference"):
+    # every tensor block of v_k divided by v_k's norm (the reference norm is not homogeneous of
+    # degree 1, so its result does not have reference norm 1: the code does the same)
+    nz = l3d.normalize(big, kind)
+    norms = l3d.subnet_norms(big, kind)
+    for p in params:
+      np.testing.assert_allclose(l3d.blocks_of(nz[p]),
+                                 l3d.blocks_of(big[p]) / norms.reshape(3, *[1] * params[p].ndim),
+                                 rtol=1e-9)
+  np.testing.assert_allclose(l3d.subnet_norms(l3d.normalize(big, "l2")), np.ones(3), rtol=1e-10)
+  per = [jnp.linalg.norm(l3d.blocks_of(st[p]).reshape(3, -1), axis=1) for p in params]
+  np.testing.assert_allclose(l3d.subnet_norms(st, "reference"), jnp.sqrt(sum(per)), rtol=1e-12)
+  # spread equally: every piece of a tensor's Tucker form is scaled by the same factor
+  nz = l3d.normalize(big, "l2")
+  s = l3d.subnet_norms(big, "l2") ** (-1 / 3)
+  np.testing.assert_allclose(nz["a"].core, big["a"].core * s[:, None, None], rtol=1e-9)
+
+
+def test_update_normalises_the_decoder_but_not_the_encoder():
+  apply, params, x = _parallel()
+  cfg = _cfg(n_subnets=4, rank=1, topk=0.5)
+  opt = optax.sgd(0.5)
+  state = train.init_state(l3d.init(jax.random.PRNGKey(0), params, cfg), opt,
+                           jax.random.PRNGKey(1))
+  state, _ = jax.jit(l3d.make_update(apply, cfg, lambda k: x, opt))(state, params)
+  np.testing.assert_allclose(l3d.subnet_norms(state.params["dec"]), np.ones(4), rtol=1e-6)
+  assert np.max(np.abs(np.asarray(l3d.subnet_norms(state.params["enc"])) - 1)) > 1e-3
+
+
+# ---------------------------------------------------------------------------------- measurements
+
+def test_impact_is_the_mean_absolute_coefficient_over_references():
+  apply, params, x, cfg, st = _squares_setup(jnp.float64, batch=6)
+  key = jax.random.PRNGKey(5)
+  got = ms.impact(apply, params, st["enc"], x, key, cfg, n_refs=3)
+  y0 = apply(params, x)
+  want = 0
+  for k in jax.random.split(key, 3):
+    y_ref = l3d.references(k, y0, cfg.reference)
+    want = want + jnp.abs(l3d.coefficients(apply, params, st["enc"], x, y0, y_ref, cfg,
+                                           path="explicit")) / 3
+  np.testing.assert_allclose(got, want, rtol=1e-9)
+  top = ms.top_samples(got, 2)
+  np.testing.assert_array_equal(top[:, 0], np.argmax(got, axis=0))
+
+
+def test_interventions_on_a_linear_model_are_linear():
+  w = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+  params = {"W": w}
+  dec = l3d.init(jax.random.PRNGKey(1), params, _cfg(n_subnets=2, rank=2))["dec"]
+  v = l3d.blocks(dec)["W"]
+  x = jax.random.normal(jax.random.PRNGKey(2), (5, 4))
+  deltas = jnp.array([-1.0, 0.5, 2.0])
+  got = ms.perturb(_linear, params, dec, x, deltas)
+  want = _linear(params, x)[None, None] + deltas[:, None, None, None] * jnp.einsum(
+      "kij,bj->kbi", v, x)[None]
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+  pair = ms.perturb_pair(_linear, params, dec, x, 0, 1, deltas, deltas[:2])
+  np.testing.assert_allclose(pair[:, 0], got[:, 0] + deltas[0] * (x @ v[1].T), rtol=1e-12)
+  d = ms.output_derivatives(_linear, params, dec, x)
+  np.testing.assert_allclose(d, jnp.einsum("kij,bj->kbi", v, x), rtol=1e-12)
+  top = ms.most_affected_outputs(_linear, params, dec, x, top=1)
+  np.testing.assert_array_equal(top[..., 0], jnp.argmax(jnp.abs(d), axis=-1))
+
+
+def test_hidden_only_perturbation_leaves_other_tensors_and_specificity():
+  params = _tm1(jax.random.PRNGKey(0))
+  dec = l3d.init(jax.random.PRNGKey(1), params, _cfg(n_subnets=2))["dec"]
+  x = jax.random.uniform(jax.random.PRNGKey(2), (4, 5))
+  only_b = ms.perturb(tms.apply_untied, params, dec, x, jnp.array([1.0]), paths=["b"])
+  vb = l3d.blocks(dec)["b"]
+  want = jax.vmap(lambda b: tms.apply_untied({**params, "b": params["b"] + b}, x))(vb)
+  np.testing.assert_allclose(only_b[0], want, rtol=1e-12)
+  with pytest.raises(ValueError, match="not decomposed"):
+    ms.perturb(tms.apply_untied, params, dec, x, jnp.array([1.0]), paths=["W"])
+  change = jnp.array([[4.0, 4.0, 1.0, 1.0]])
+  uses = jnp.array([[True], [True], [False], [False]])
+  np.testing.assert_allclose(ms.specificity(change, uses), [4.0])
+
+
+# ------------------------------------------------------------------------------- errors and data
+
+def test_bad_config_and_shapes_fail_clearly():
+  with pytest.raises(ConfigError, match="'topk'"):
+    l3d.validate(_cfg(topk=1.5))
+  with pytest.raises(ConfigError, match="unknown config field 'rnak'"):
+    c = _cfg()
+    c.rnak = 2
+    l3d.validate(c)
+  with pytest.raises(ConfigError, match="'path'"):
+    l3d.validate(_cfg(path="fast"))
+  params = _tm1(jax.random.PRNGKey(0))
+  st = l3d.init(jax.random.PRNGKey(1), params, _cfg())
+  wrong = {"W_in": params["W_in"].T, "W_out": params["W_out"], "b": params["b"]}
+  x = jnp.ones((4, 5))
+  with pytest.raises(ValueError, match="block shape"):
+    l3d.loss(st, wrong, x, jax.random.PRNGKey(0), apply=tms.apply_untied, cfg=_cfg())
+  with pytest.raises(ValueError, match="decompose different tensors"):
+    l3d.check_subnets(params, {"enc": {"b": st["enc"]["b"]}, "dec": st["dec"]})
+  with pytest.raises(ValueError, match="floor"):  # 0.1 of 1 x 5 coefficients keeps none
+    l3d.loss(st, params, x[:1], jax.random.PRNGKey(0), apply=tms.apply_untied, cfg=_cfg())
+
+
+def test_l3d_data_generator():
+  x = data.sparse_features_nonzero(jax.random.PRNGKey(0), 20_000, 10, 0.05, group_size=5,
+                                   random_sign=True)
+  active = np.asarray(x != 0)
+  assert active.any(axis=1).all()
+  groups = active.reshape(-1, 2, 5)
+  assert np.all(groups.all(-1) == groups.any(-1))  # groups are co-active
+  assert 0.4 < np.mean(x[active] > 0) < 0.6 and np.abs(x).max() <= 1
+  # conditional rate of group 1 given 'not all zero': p / (1 - (1-p)^2)
+  rate = groups[:, 1].any(-1).mean()
+  want = 0.05 / (1 - 0.95**2)
+  assert abs(rate - want) < 4 * np.sqrt(want * (1 - want) / 20_000)
+
+
+def test_circuits_and_squares_targets_train(tmp_path):
+  for model, lbl in ((circuits.model_config(6, 3), "circuits"), (squares.model_config(), "sq")):
+    c = training.default_config()
+    c.model = model
+    c.data.update(dict(reject_zero=True, batch_size=32))
+    c.optim.steps, c.run.log_every, c.run.steps_per_dispatch = 200, 0, 100
+    p = training.train_target(c, str(tmp_path / lbl))
+    tcfg, loaded = training.load_target(str(tmp_path / lbl))
+    x = training.batch(jax.random.PRNGKey(0), tcfg, 8)
+    apply = training.model_apply(tcfg.model)
+    np.testing.assert_allclose(apply(loaded, x), apply(p, x), rtol=1e-6)
+    if lbl == "circuits":
+      np.testing.assert_array_equal(training.labels(circuits, loaded, x), x @ loaded["A"])
+
+
+def test_decompose_l3d_runner_writes_summary_and_figures(tmp_path):
+  from toy_models import l3d_decomposition as dec
+  c = training.default_config()
+  c.data.update(dict(reject_zero=True, batch_size=32))
+  c.optim.steps, c.run.log_every, c.run.steps_per_dispatch = 500, 0, 250
+  training.train_target(c, str(tmp_path / "t"))
+  d = dec.default_config()
+  d.target_dir = str(tmp_path / "t")
+  d.epochs, d.n_samples, d.n_eval, d.warm_start_epochs = 4, 320, 320, 1
+  d.run.update(dict(log_every_epochs=2, checkpoint_every_epochs=2))
+  s = dec.decompose(d, str(tmp_path / "d"))
+  assert 0 < s["recon_train"] < 2 and len(s["p_act"]) == 5
+  assert s["tms"]["distinct_matches"] <= 5 and len(s["specificity"]) == 5
+  for f in s["figures"]:
+    assert os.path.getsize(f) > 1000
+  with pytest.raises(FileExistsError):
+    dec.decompose(d, str(tmp_path / "d"))
