@@ -30,8 +30,11 @@ REFERENCES = ("batch", "mean")
 PATHS = ("auto", "explicit", "forward")
 DECODER_NORMS = ("l2", "reference")
 LOSS_EPS = 1e-10
-# `auto` takes the explicit path while B x n_w per-sample gradient entries stay below this.
-AUTO_MAX_GRAD_ENTRIES = 1 << 22
+# `auto` takes the explicit path while B x n_w <= this (BENCHMARKS.md: explicit wins on TM1,
+# B x n_w = 800; forward already wins on TM4, B x n_w = 4800, and by far on larger models).
+AUTO_EXPLICIT_MAX = 4096
+# the forward path's gradient norms hold at most this many per-sample gradient entries at once
+CHUNK_MAX_GRAD_ENTRIES = 1 << 22
 
 
 class Tucker(NamedTuple):
@@ -225,7 +228,7 @@ def gradients(apply, params, x, y0, y_ref, paths, cfg) -> dict[str, jax.Array]:
 
 def grad_sq_norms(apply, params, x, y0, y_ref, paths, cfg) -> jax.Array:
   """[B] ||g_i||^2, in chunks (default: the largest divisor of B keeping a chunk's gradients
-  below AUTO_MAX_GRAD_ENTRIES), so no batch x parameters array is ever formed."""
+  below CHUNK_MAX_GRAD_ENTRIES), so no batch x parameters array is ever formed."""
   ws = pytree.get(params, paths)
   chunk = cfg.chunk_size or _default_chunk(x.shape[0], sum(w.size for w in ws.values()))
   return jax.lax.stop_gradient(per_sample_grad_sq_norms(
@@ -233,15 +236,15 @@ def grad_sq_norms(apply, params, x, y0, y_ref, paths, cfg) -> jax.Array:
 
 
 def _default_chunk(b: int, n_w: int) -> int:
-  cap = max(1, AUTO_MAX_GRAD_ENTRIES // max(n_w, 1))
+  cap = max(1, CHUNK_MAX_GRAD_ENTRIES // max(n_w, 1))
   return max(d for d in range(1, min(b, cap) + 1) if b % d == 0)
 
 
 def choose_path(cfg, batch_size: int, n_w: int) -> str:
-  """cfg.path, or for 'auto' explicit while B x n_w <= AUTO_MAX_GRAD_ENTRIES, else forward."""
+  """cfg.path, or for 'auto' explicit while B x n_w <= AUTO_EXPLICIT_MAX, else forward."""
   if cfg.path != "auto":
     return cfg.path
-  return "explicit" if batch_size * n_w <= AUTO_MAX_GRAD_ENTRIES else "forward"
+  return "explicit" if batch_size * n_w <= AUTO_EXPLICIT_MAX else "forward"
 
 
 def directional(apply, params, x, y0, y_ref, tangents: dict[str, jax.Array], cfg) -> jax.Array:

@@ -10,7 +10,6 @@ import math
 
 import chex
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 FROZEN = ("A",)

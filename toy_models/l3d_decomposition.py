@@ -173,8 +173,11 @@ def tms_feature_cosines(params, state) -> dict:
   w_in = np.asarray(params["W_in"])
   tot = sum(np.sum(b.reshape(b.shape[0], -1) ** 2, axis=1) for b in d.values())
   for i in range(w_in.shape[1]):
-    on = (np.sum(d["W_in"][:, :, i] ** 2, 1) + np.sum(d["W_out"][:, i, :] ** 2, 1)
-          + d["b"][:, i] ** 2)
+    on = np.sum(d["W_in"][:, :, i] ** 2, 1)
+    if "W_out" in d:
+      on = on + np.sum(d["W_out"][:, i, :] ** 2, 1)
+    if "b" in d:
+      on = on + d["b"][:, i] ** 2
     share = on / tot
     k = int(np.argmax(share))
     cos = lambda v: float(abs(v @ w_in[:, i]) / (np.linalg.norm(v) * np.linalg.norm(w_in[:, i])
@@ -217,10 +220,12 @@ def group_assignment(state, pact, group_size: int) -> dict:
 
 def model_metrics(tcfg, raw, params, state, pact) -> dict:
   kind = tcfg.model.kind
-  if kind == "tms":
+  if kind == "tms" and "W_in" in state["dec"]:
     return {"tms": tms_feature_cosines(params, state)}
   if kind == "circuits":
     gs = int(tcfg.data.get("group_size", 1))
+    if "W_in" not in state["dec"] or "W_out" not in state["dec"]:
+      return {}
     if gs == 1:
       return {"coef_corr": coefficient_correlation(np.asarray(raw["A"]), state)}
     return {"groups": group_assignment(state, np.asarray(pact), gs)}

@@ -9,7 +9,8 @@ at k = 0.999 (the reference code's setting for the squares model).
 """
 from toy_models.l3d_decomposition import default_config
 
-_VARIANTS = {"tm1": (5, 1, 0), "tm2": (10, 1, 0), "tm3": (10, 3, 0), "tm4": (5, 2, 10)}
+_VARIANTS = {"tm1": (5, 1, 0), "tm2": (10, 1, 0), "tm3": (10, 3, 0), "tm4": (5, 2, 10),
+             "tm4-code": (5, 2, 10)}
 
 
 def get_config(variant: str = "tm1"):

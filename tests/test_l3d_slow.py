@@ -1,0 +1,87 @@
+"""The issue's L3D toy targets (METHODS.md §3.7), full runs: `pytest -m slow tests/test_l3d_slow.py`
+(about 2 min per toy on 2 cores: target training 30-60 s, 1000-epoch decomposition 25-55 s).
+
+Targets not reached by the current code are xfail with the measured value in the reason (see
+README, "L3D reproductions"), so that the suite reports them rather than hides them: an xpass
+means the gap closed.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "scripts", "configs")
+# TM1: seed 3 is the first target seed that represents all 5 features (seeds 0-2 keep 3-4)
+SEEDS = {"tm1": 3, "tm2": 0, "tm3": 0, "tm4": 0, "tm4-code": 0}
+
+
+def _run(tmp_path_factory, variant):
+  d = tmp_path_factory.mktemp(variant)
+  subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train_toy.py"),
+                  f"--config={os.path.join(CONFIGS, 'l3d_toys.py')}:{variant}",
+                  f"--config.seed={SEEDS[variant]}", f"--workdir={d / 'target'}"],
+                 check=True, cwd=ROOT, capture_output=True)
+  subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "decompose_l3d.py"),
+                  f"--config={os.path.join(CONFIGS, 'l3d_decompose.py')}:{variant}",
+                  f"--config.target_dir={d / 'target'}", f"--workdir={d / 'dec'}"],
+                 check=True, cwd=ROOT, capture_output=True)
+  with open(d / "dec" / "summary.json") as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  cache = {}
+
+  def get(variant):
+    if variant not in cache:
+      cache[variant] = _run(tmp_path_factory, variant)
+    return cache[variant]
+
+  return get
+
+
+@pytest.mark.slow
+def test_tm1_features_matched_by_parallel_subnetworks(runs):
+  s = runs("tm1")
+  assert s["tms"]["distinct_matches"] == 5
+  assert min(s["tms"]["cos_dec"]) >= 0.95 and min(s["tms"]["cos_enc"]) >= 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="measured 0.200 held-out / 0.214 training (paper 0.19; issue asks "
+                   "<= 0.12)", strict=False)
+def test_tm1_reconstruction(runs):
+  assert runs("tm1")["recon_heldout"] <= 0.12
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="measured recon 0.244, coefficient correlation 0.88", strict=False)
+def test_tm2_reconstruction_and_coefficient_recovery(runs):
+  s = runs("tm2")
+  assert s["recon_heldout"] <= 0.065 and s["coef_corr"] >= 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="measured 7 live subnetworks for 5 groups (two groups split in two)",
+                   strict=False)
+def test_tm3_one_live_subnetwork_per_group(runs):
+  g = runs("tm3")["groups"]
+  assert g["one_live_per_group"]
+
+
+@pytest.mark.slow
+def test_tm4_reconstruction(runs):
+  assert runs("tm4")["recon_heldout"] <= 0.35
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="measured specificity 1.0-5.5 per subnetwork; features 2 and 4 get no "
+                   "subnetwork of their own", strict=False)
+def test_tm4_perturbation_specificity(runs):
+  s = runs("tm4")
+  assert sorted(s["feature_of_subnet"]) == list(range(5))
+  assert min(s["specificity"]) >= 10
