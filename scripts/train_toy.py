@@ -4,7 +4,8 @@
   python scripts/train_toy.py --config=scripts/configs/resid_mlp.py:1-layer --workdir=runs/rmlp1
 
 TMS: reports how many features the target represents. ResidMLP: writes target_report.json (MSE
-vs the monosemantic baseline, response of each output to its own feature at x = 1).
+vs the monosemantic baseline, response of each output to its own feature at x = 1). The x^2 MLP
+(L3D's TM4): writes target_report.json (per-feature error of x_j -> x_j^2).
 """
 import json
 import os
@@ -14,8 +15,8 @@ import jax
 
 from paramdecomp.checkpoint import save_json
 from paramdecomp.cli import define_run_flags, setup_logging
-from toy_models import resid_mlp, tms
-from toy_models.training import train_target
+from toy_models import resid_mlp, squares, tms
+from toy_models.training import model_apply, train_target
 
 _CONFIG, _WORKDIR, _RESUME = define_run_flags("Target")
 
@@ -38,6 +39,13 @@ def main(argv):
     rep = resid_mlp.report(params, c.data.p, jax.random.PRNGKey(c.seed + 2))
     save_json(os.path.join(_WORKDIR.value, "target_report.json"), rep)
     print(json.dumps(rep, indent=2), flush=True)
+  elif c.model.kind == "squares":
+    rep = squares.report(model_apply(c.model), params)
+    save_json(os.path.join(_WORKDIR.value, "target_report.json"), rep)
+    print(json.dumps(rep), flush=True)
+    if rep["features_learned"] < c.model.n_features:
+      print("WARNING: some features are not computed (RMS error >= 0.1): a poor subject for "
+            "decomposition; try another --config.seed", flush=True)
 
 
 if __name__ == "__main__":

@@ -203,18 +203,17 @@ def _keys_like(tree):
 def test_forward_and_explicit_paths_agree_in_float32():
   apply, params, x, cfg, st = _squares_setup(jnp.float32)
   y0, y_ref = _outputs(apply, params, x, jax.random.PRNGKey(3), cfg)
-  run = lambda path: jax.jit(lambda s: l3d.loss_from_outputs(
-      s, params, x, y0, y_ref, apply=apply, cfg=cfg, path=path))(st)
-  (le, me), (lf, mf) = run("explicit"), run("forward")
+
+  def run(path):
+    f = lambda s: l3d.loss_from_outputs(s, params, x, y0, y_ref, apply=apply, cfg=cfg, path=path)
+    return jax.jit(jax.value_and_grad(f, has_aux=True))(st)
+
+  ((le, me), ge), ((lf, mf), gf) = run("explicit"), run("forward")
   assert le.dtype == jnp.float32 and 0.05 < float(le) < 2
   c_e, c_f = np.asarray(me["coeffs"], np.float64), np.asarray(mf["coeffs"], np.float64)
   assert np.max(np.abs(c_e - c_f)) / np.max(np.abs(c_e)) <= 1e-5
   np.testing.assert_array_equal(me["mask"], mf["mask"])
   assert abs(float(le) - float(lf)) / float(le) <= 1e-5
-  ge = jax.grad(lambda s: l3d.loss_from_outputs(s, params, x, y0, y_ref, apply=apply, cfg=cfg,
-                                                path="explicit")[0])(st)
-  gf = jax.grad(lambda s: l3d.loss_from_outputs(s, params, x, y0, y_ref, apply=apply, cfg=cfg,
-                                                path="forward")[0])(st)
   a, b = (np.concatenate([np.ravel(v) for v in jax.tree.leaves(g)]) for g in (ge, gf))
   assert np.linalg.norm(a - b) / np.linalg.norm(a) <= 1e-4
 
@@ -409,31 +408,43 @@ def test_l3d_data_generator():
   assert abs(rate - want) < 4 * np.sqrt(want * (1 - want) / 20_000)
 
 
-def test_circuits_and_squares_targets_train(tmp_path):
-  for model, lbl in ((circuits.model_config(6, 3), "circuits"), (squares.model_config(), "sq")):
-    c = training.default_config()
-    c.model = model
-    c.data.update(dict(reject_zero=True, batch_size=32))
-    c.optim.steps, c.run.log_every, c.run.steps_per_dispatch = 200, 0, 100
-    p = training.train_target(c, str(tmp_path / lbl))
-    tcfg, loaded = training.load_target(str(tmp_path / lbl))
-    x = training.batch(jax.random.PRNGKey(0), tcfg, 8)
-    apply = training.model_apply(tcfg.model)
-    np.testing.assert_allclose(apply(loaded, x), apply(p, x), rtol=1e-6)
-    if lbl == "circuits":
-      np.testing.assert_array_equal(training.labels(circuits, loaded, x), x @ loaded["A"])
+def test_circuit_target_trains_on_labels_from_its_frozen_task(tmp_path):
+  c = training.default_config()
+  c.model = circuits.model_config(6, 3)
+  c.data.update(dict(reject_zero=True, batch_size=32))
+  c.optim.steps, c.run.log_every, c.run.steps_per_dispatch = 100, 0, 100
+  p = training.train_target(c, str(tmp_path))
+  tcfg, loaded = training.load_target(str(tmp_path))
+  np.testing.assert_array_equal(loaded["A"], circuits.init(jax.random.PRNGKey(0), c.model)["A"])
+  x = training.batch(jax.random.PRNGKey(0), tcfg, 8)
+  assert (x != 0).any(axis=1).all()
+  np.testing.assert_allclose(circuits.apply(loaded, x), circuits.apply(p, x), rtol=1e-6)
+  np.testing.assert_array_equal(training.labels(circuits, loaded, x), x @ loaded["A"])
+
+
+def test_squares_model_variants_and_report():
+  cfg = squares.model_config(width=3, activation="elu", output_activation=True)
+  params = squares.init(jax.random.PRNGKey(0), cfg)
+  x = jnp.linspace(-1, 1, 10).reshape(2, 5)
+  apply = training.model_apply(cfg)
+  h = x
+  for i in range(5):
+    h = jax.nn.elu(h @ params["layers"][str(i)]["w"].T + params["layers"][str(i)]["b"])
+  np.testing.assert_allclose(apply(params, x), h, rtol=1e-12)
+  exact = lambda p, x: x**2   # a perfect target has error 0 on every feature
+  assert squares.report(exact, params)["features_learned"] == 5
 
 
 def test_decompose_l3d_runner_writes_summary_and_figures(tmp_path):
   from toy_models import l3d_decomposition as dec
   c = training.default_config()
   c.data.update(dict(reject_zero=True, batch_size=32))
-  c.optim.steps, c.run.log_every, c.run.steps_per_dispatch = 500, 0, 250
+  c.optim.steps, c.run.log_every, c.run.steps_per_dispatch = 100, 0, 100
   training.train_target(c, str(tmp_path / "t"))
   d = dec.default_config()
   d.target_dir = str(tmp_path / "t")
-  d.epochs, d.n_samples, d.n_eval, d.warm_start_epochs = 4, 320, 320, 1
-  d.run.update(dict(log_every_epochs=2, checkpoint_every_epochs=2))
+  d.epochs, d.n_samples, d.n_eval, d.warm_start_epochs = 2, 64, 64, 1
+  d.run.update(dict(log_every_epochs=1, checkpoint_every_epochs=1))
   s = dec.decompose(d, str(tmp_path / "d"))
   assert 0 < s["recon_train"] < 2 and len(s["p_act"]) == 5
   assert s["tms"]["distinct_matches"] <= 5 and len(s["specificity"]) == 5

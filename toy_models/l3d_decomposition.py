@@ -41,7 +41,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.lr_decay_epochs = 100
   c.warm_start_epochs = 0
   c.warm_start_topk = 0.999
-  c.perturb_delta = 0.5        # delta of the specificity measure and the sweep's range
+  # specificity (l3d_measures.specificity) at delta and delta / 10; the sweeps span +-4 delta
+  c.perturb_delta = 0.5
   c.run = ml_collections.ConfigDict(dict(log_every_epochs=50, checkpoint_every_epochs=100))
   return c
 
@@ -141,8 +142,15 @@ def summarize(apply, params, state, c, tcfg, raw, data, key, workdir) -> dict:
   out["feature_of_subnet"] = [int(f) for f in feat]
   uses = held[:, feat] != 0                                          # [B, K]
   change = ms.output_change(apply, params, state["dec"], held, c.perturb_delta)
-  spec = ms.specificity(change, uses)
-  out["specificity"] = [round(float(s), 3) for s in spec]
+  rnd = lambda a: [round(float(v), 3) for v in a]
+  out["specificity"] = rnd(ms.specificity(change, uses))
+  small = ms.output_change(apply, params, state["dec"], held, c.perturb_delta / 10)
+  out["specificity_small_delta"] = rnd(ms.specificity(small, uses))
+  if tcfg.model.kind == "squares":  # hidden layers only: no first/last layer tensors (§3.6)
+    last = f"layers/{len(params['layers']) - 1}/"
+    hidden = [p for p in state["dec"] if not p.startswith(("layers/0/", last))]
+    out["specificity_hidden_only"] = rnd(ms.specificity(
+        ms.output_change(apply, params, state["dec"], held, c.perturb_delta, hidden), uses))
   out.update(model_metrics(tcfg, raw, params, state, pact))
   if jax.process_index() == 0:
     deltas = jnp.linspace(-4 * c.perturb_delta, 4 * c.perturb_delta, 17)
