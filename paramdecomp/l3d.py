@@ -211,7 +211,7 @@ def references(key, y0: jax.Array, mode: str = "batch", sequence: bool = False) 
 
 # ----------------------------------------------------------------------------------- the two paths
 
-def _sample_fn(apply, params, paths, kind):
+def _sample_fn(apply, params, kind):
   def fn(ws, x, y0, y_ref):
     y = apply(pytree.replace(params, ws), x[None])[0]
     return divergence(y, y0, y_ref, kind)
@@ -222,7 +222,7 @@ def gradients(apply, params, x, y0, y_ref, paths, cfg) -> dict[str, jax.Array]:
   """{path: [B, *shape]} per-sample divergence gradients g_i (the explicit path's input)."""
   ws = pytree.get(params, paths)
   chunk = cfg.chunk_size or None
-  return per_sample_grads(_sample_fn(apply, params, paths, cfg.divergence), ws, x, y0, y_ref,
+  return per_sample_grads(_sample_fn(apply, params, cfg.divergence), ws, x, y0, y_ref,
                           chunk_size=chunk)
 
 
@@ -232,7 +232,7 @@ def grad_sq_norms(apply, params, x, y0, y_ref, paths, cfg) -> jax.Array:
   ws = pytree.get(params, paths)
   chunk = cfg.chunk_size or _default_chunk(x.shape[0], sum(w.size for w in ws.values()))
   return jax.lax.stop_gradient(per_sample_grad_sq_norms(
-      _sample_fn(apply, params, paths, cfg.divergence), ws, x, y0, y_ref, chunk_size=chunk))
+      _sample_fn(apply, params, cfg.divergence), ws, x, y0, y_ref, chunk_size=chunk))
 
 
 def _default_chunk(b: int, n_w: int) -> int:
