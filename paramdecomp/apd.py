@@ -128,14 +128,23 @@ def _with(params, weights: dict):
 
 
 def _mean_sq_gradient_attribution(apply, params, comps: Components, x, cfg) -> jax.Array:
-  """[B, C] mean over outputs o of <grad_W f_o(x), P_c>^2, differentiable in the components."""
-  mats = {p: lowrank.components(f) for p, f in comps.items()}  # [C, a, b]
-  base = params
-  if cfg.attribution_model == "apd":
-    base = _with(params, jax.lax.stop_gradient({p: lowrank.total(f) for p, f in comps.items()}))
-  primal = pytree.get(base, list(comps))
-  fn = lambda ws: apply(_with(base, ws), x)
-  _, dots = directional_derivatives(fn, primal, mats)          # [C, B, ...]
+  """[B, C] mean over outputs o of <grad_W f_o(x), P_c>^2, differentiable in the components.
+
+  The efficient form of §1.3: <grad_W f_o, P_c> = (d f_o / d p)^T (P_c a) for each product
+  p = W a of a decomposed weight, so the forward-mode tangents start at the pre-activations as
+  P_c a, computed through the factors, and the dense P_c is never formed.
+  """
+  paths = list(comps)
+  factors = {}
+  if cfg.attribution_model == "apd":  # the all-components model, kept factored
+    ones = jnp.ones(next(iter(comps.values())).U.shape[0], x.dtype)
+    factors = jax.lax.stop_gradient({p: lowrank.masked_lowrank(f, ones)
+                                     for p, f in comps.items()})
+  _, uses = trace_matmuls(apply, params, factors, x, paths)
+  tangents = {p: [u.apply(f.U, f.V) for u in uses[p]] for p, f in comps.items()}   # [C, ...]
+  zeros = {p: [jnp.zeros_like(u.out) for u in uses[p]] for p in paths}
+  fn = lambda shifts: trace_matmuls(apply, params, factors, x, paths, shifts)[0]
+  _, dots = directional_derivatives(fn, zeros, tangents)                          # [C, B, ...]
   return jnp.mean(dots.reshape(dots.shape[:2] + (-1,)) ** 2, axis=-1).T
 
 
@@ -158,23 +167,19 @@ def attributions(apply: Callable, params, comps: Components, x: jax.Array,
 
 def _activation_attribution(apply, params, comps: Components, x) -> jax.Array:
   """[B, C] sum over decomposed products of |P_c a|^2, a = the layer's input in the APD model's
-  all-components forward pass (§1.3, variant 3)."""
+  all-components forward pass (§1.3, variant 3). Activations must keep the batch axis first."""
   ones = jnp.ones(next(iter(comps.values())).U.shape[0], x.dtype)
-
-  def one(xb):
-    ws = {p: lowrank.masked_lowrank(f, ones) for p, f in comps.items()}
-    _, uses = trace_matmuls(apply, params, ws, xb[None], list(comps))
-    total = 0.0
-    for p, f in comps.items():
-      for u in uses[p]:
-        # a meets W's axis u.axis: W = U V^T, so axis 1 (W @ a) goes through V then U
-        first, second = (f.V, f.U) if u.axis == 1 else (f.U, f.V)
-        t = jnp.einsum("...k,ckm->...cm", u.act, first)
-        out = jnp.einsum("...cm,cjm->...cj", t, second)
-        total = total + jnp.sum(out**2, axis=tuple(range(out.ndim - 2)) + (out.ndim - 1,))
-    return total
-
-  return jax.vmap(one)(x)
+  ws = {p: lowrank.masked_lowrank(f, ones) for p, f in comps.items()}
+  _, uses = trace_matmuls(apply, params, ws, x, list(comps))
+  total = 0.0
+  for p, f in comps.items():
+    for u in uses[p]:
+      if u.act.shape[0] != x.shape[0]:
+        raise ValueError(f"activation attributions need batch-first activations; {p!r} meets "
+                         f"an input of shape {u.act.shape} for a batch of {x.shape[0]}")
+      sq = u.sq_norms(f.U, f.V)                                   # [C, B, ...]
+      total = total + jnp.sum(sq.reshape(sq.shape[:2] + (-1,)), axis=-1).T
+  return total
 
 
 def _forward(apply, params, x, watch=(), comps: Components | None = None, mask=None):

@@ -31,10 +31,27 @@ class MatmulUse(NamedTuple):
   out: the product as the model computed it (the layer's pre-activation).
   axis: the axis of W (as stored in params) contracted with act: 1 for ``W @ a``, 0 for a Flax
   kernel ``a @ K``. A Python int, so a `MatmulUse` is not returned through `vmap`.
+  w_first: whether W's free axis comes first in `out` (``W @ a``) or last (``a @ W^T``).
   """
   act: jax.Array
   out: jax.Array
   axis: int
+  w_first: bool
+
+  def apply(self, U: jax.Array, V: jax.Array) -> jax.Array:
+    """[C, *out.shape] the product with each P_c = U_c V_c^T (U [C, a, m], V [C, b, m]) in W's
+    place, computed through the factors."""
+    y = self._apply(U, V)
+    return jnp.moveaxis(y, -1, 1) if self.w_first else y
+
+  def _apply(self, U, V):  # [C, *act free axes, W free axis]
+    first, second = (V, U) if self.axis == 1 else (U, V)
+    t = jnp.einsum("...k,ckm->c...m", self.act, first)
+    return jnp.einsum("c...m,cjm->c...j", t, second)
+
+  def sq_norms(self, U: jax.Array, V: jax.Array) -> jax.Array:
+    """[C, *act free axes] |P_c a|^2 over W's free axis."""
+    return jnp.sum(self._apply(U, V) ** 2, axis=-1)
 
 
 def _spec(x):
@@ -47,9 +64,15 @@ def apply_factored(apply: Callable, params: Any, factors: Mapping[str, LowRank],
 
 
 def trace_matmuls(apply: Callable, params: Any, factors: Mapping[str, LowRank], x: Any,
-                  watch: Sequence[str]) -> tuple[Any, dict[str, list[MatmulUse]]]:
+                  watch: Sequence[str], shifts: Mapping[str, Sequence[jax.Array]] | None = None
+                  ) -> tuple[Any, dict[str, list[MatmulUse]]]:
   """`apply_factored`'s output and, for each path in `watch`, the matrix products of that weight
-  (factored or dense) in the order the model runs them (tied weights give several)."""
+  (factored or dense) in the order the model runs them (tied weights give several).
+
+  shifts: {path: [one array per product of that weight]} added to those products' outputs, so
+  that differentiating in the shifts gives the gradient with respect to a layer's pre-activation
+  without knowing where the layer is.
+  """
   dense_shapes = {p: jax.ShapeDtypeStruct((f.A.shape[0], f.B.shape[0]),
                                           jnp.result_type(f.A, f.B))
                   for p, f in factors.items()}
@@ -65,7 +88,14 @@ def trace_matmuls(apply: Callable, params: Any, factors: Mapping[str, LowRank], 
   # a tag (path, transposed) follows each watched weight through transposes and nested jits
   tags = [(p, False) if p in watch else None for p in paths] + [None] * len(jax.tree.leaves(x))
   records: dict[str, list[MatmulUse]] = {p: [] for p in watch}
-  outs = _eval(closed.jaxpr, closed.consts, args, tags, records)
+  if shifts and set(shifts) - set(watch):
+    raise KeyError(f"shifts for unwatched weights {sorted(set(shifts) - set(watch))}")
+  shifts = dict(shifts or {})
+  outs = _eval(closed.jaxpr, closed.consts, args, tags, (records, shifts))
+  for p, sh in shifts.items():
+    if len(sh) != len(records[p]):
+      raise ValueError(f"{len(sh)} shifts for {p!r}, which takes part in {len(records[p])} "
+                       "products")
   return jax.tree.unflatten(jax.tree.structure(out_shape), outs), records
 
 
@@ -74,6 +104,7 @@ def _read(env, v):
 
 
 def _eval(jaxpr, consts, args, tags, records):
+  """records: ({path: [MatmulUse]} filled in as products run, {path: [shift per product]})."""
   env, tag_of = {}, {}
   for v, c in zip(jaxpr.constvars, consts):
     env[v] = c
@@ -111,7 +142,7 @@ def _rule(eqn, ins, in_tags, records):
       out = _bind(eqn, _densify(ins))[0]
     for side, tag in enumerate(in_tags):
       if tag is not None and not in_tags[1 - side]:
-        _record(records, tag, ins[1 - side], out, eqn.params["dimension_numbers"], side)
+        out = _record(records, tag, ins[1 - side], out, eqn.params["dimension_numbers"], side)
     return [out], [None]
   return _bind(eqn, _densify(ins)), [None] * n_out
 
@@ -121,14 +152,19 @@ def _densify(ins):
 
 
 def _record(records, tag, act, out, dimension_numbers, w_side):
-  """Note the product of watched weight `tag` with `act` (one contracted axis each)."""
+  """Note the product of watched weight `tag` with `act` (one contracted axis each); returns the
+  output with that product's shift added, if any."""
   (lc, rc), (lb, rb) = dimension_numbers
   w_axes, act_axes = (lc, rc) if w_side == 0 else (rc, lc)
   if lb or rb or len(w_axes) != 1:
     raise NotImplementedError(f"watched weight {tag[0]!r} meets a batched or multi-axis "
                               f"product (dimension_numbers={dimension_numbers})")
   axis = w_axes[0] if not tag[1] else 1 - w_axes[0]
-  records[tag[0]].append(MatmulUse(jnp.moveaxis(act, act_axes[0], -1), out, axis))
+  uses, shifts = records[0][tag[0]], records[1].get(tag[0], ())
+  if len(uses) < len(shifts):
+    out = out + shifts[len(uses)]
+  uses.append(MatmulUse(jnp.moveaxis(act, act_axes[0], -1), out, axis, w_side == 0))
+  return out
 
 
 def _bind(eqn, ins):
