@@ -54,6 +54,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
                  "devices")
 
 
+def optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return optax.adam(schedules.lr_schedule(c.optim.lr, c.optim.steps, c.optim.warmup_pct,
+                                          c.optim.schedule, c.optim.halflife))
+
+
 def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:
   """Decompose the target in c.target_dir; write checkpoints, metrics, summary and figures."""
   validate(c)
@@ -72,9 +77,7 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
 
   key = jax.random.PRNGKey(c.seed)
   comps = method.init(jax.random.fold_in(key, 0), params, mcfg)
-  sched = schedules.lr_schedule(c.optim.lr, c.optim.steps, c.optim.warmup_pct, c.optim.schedule,
-                                c.optim.halflife)
-  opt = optax.adam(sched)
+  opt = optimizer(c)
   state = train.init_state(comps, opt, jax.random.fold_in(key, 1))
   if mesh is not None:  # before any restore, so a checkpoint lands on this run's mesh
     state, params = sharding.shard_state(mesh, state), sharding.replicate(mesh, params)
@@ -89,6 +92,31 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
   summary = summarize(mod.apply, params, sharding.gather(state.params), mcfg, batch_fn, key,
                       tcfg, workdir, c.analysis)
   save_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
+
+
+def analyse_checkpoint(workdir: str, step: int | None = None) -> dict:
+  """`summarize` a saved step (default: the latest) of a decomposition run into
+  <workdir>/analysis_<step>/ (summary.json and figures), e.g. while the run goes on."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    c = ml_collections.ConfigDict(json.load(f))
+  validate(c)
+  tcfg, params = load_target(c.target_dir)
+  mod = model_module(tcfg.model.kind)
+  method, mcfg = METHODS[c.method], c[c.method]
+  key = jax.random.PRNGKey(c.seed)
+  like = method.init(jax.random.fold_in(key, 0), params, mcfg)
+  opt = optimizer(c)
+  ck = Checkpointer(workdir)
+  step = ck.latest_step() if step is None else step
+  state = ck.restore(train.init_state(like, opt, key), step)
+  ck.close()
+  out_dir = os.path.join(workdir, f"analysis_{step}")
+  os.makedirs(out_dir, exist_ok=True)
+  summary = summarize(mod.apply, params, state.params, mcfg,
+                      lambda k: batch(k, tcfg, c.batch_size), key, tcfg, out_dir, c.analysis)
+  summary["step"] = int(step)
+  save_json(os.path.join(out_dir, "summary.json"), summary)
   return summary
 
 
