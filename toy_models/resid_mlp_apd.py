@@ -177,6 +177,10 @@ def analyse(params, comps: Components, cfg, tcfg, key, workdir: str, n_samples: 
       "scrubbed_mse_median": float(np.median(scrub)),
       "anti_scrubbed_mse_median": float(np.median(anti)),
       "anti_over_scrubbed_median_ratio": float(np.median(anti) / max(np.median(scrub), 1e-30)),
+      "scrubbed_mse_mean": float(scrub.mean()), "anti_scrubbed_mse_mean": float(anti.mean()),
+      # the same sample under both ablations (inputs whose features are all negative pass no
+      # ReLU, so ablating their components changes little: the histograms are bimodal)
+      "per_sample_ratio_ge_10_fraction": float(np.mean(anti >= 10 * scrub)),
       "topk_mse_mean": float(topk.mean()), "monosemantic_baseline_mse": mono,
   }
 
