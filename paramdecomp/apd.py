@@ -37,6 +37,9 @@ def default_config() -> ml_collections.ConfigDict:
       attribution_model="target",  # target | apd: whose gradients the attributions use
       sparsity="batch_topk",     # batch_topk | topk
       topk=0.211,                # mean active components per sample (integer k for topk)
+      exact_topk=False,          # batch top-k keeps as many entries as the batch has nonzero
+                                 # input features (toy models whose input is the features)
+      distil_from_target=False,  # the last component is always on and never selected
       faithfulness_coeff=1.0,
       minimality_coeff=1.0,
       simplicity_coeff=0.7,
@@ -68,6 +71,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   cfglib.require(cfg.sparsity != "topk" or cfg.topk <= cfg.C, "topk",
                  f"k={cfg.topk} exceeds C={cfg.C}")
   cfglib.require(len(cfg.decompose) > 0, "decompose", "names no weights")
+  cfglib.require(not cfg.exact_topk or cfg.sparsity == "batch_topk", "exact_topk",
+                 "sets the count of batch top-k; use sparsity='batch_topk'")
+  cfglib.require(not cfg.distil_from_target or cfg.C >= 2, "distil_from_target",
+                 "needs C >= 2 (one always-on component and at least one to select)")
   cfglib.require(cfg.act_recon_coeff >= 0, "act_recon_coeff", "must be >= 0")
   cfglib.require(cfg.formulation != "lp" or cfg.act_recon_coeff == 0, "act_recon_coeff",
                  "the lp formulation has no sparse forward pass to match activations on")
@@ -224,15 +231,29 @@ def activation_mse(outs, target_outs, relu: bool) -> jax.Array:
   return jnp.mean(sq) / sum(o[0].size for o, _ in pairs)
 
 
-def mask_from(scores: jax.Array, cfg) -> jax.Array:
-  if cfg.sparsity == "batch_topk":
-    return sparsity.batch_topk_mask(scores, cfg.topk)
-  return sparsity.topk_mask(scores, int(cfg.topk))
+def mask_from(scores: jax.Array, cfg, x: jax.Array | None = None) -> jax.Array:
+  """[B, C] 0/1 mask from attributions (§1.4); x is needed only with `exact_topk`."""
+  if cfg.distil_from_target:  # select among the others; the last one is always on
+    mask = mask_from(scores[:, :-1], _without_distil(cfg), x)
+    return jnp.concatenate([mask, jnp.ones_like(scores[:, -1:])], axis=1)
+  if cfg.sparsity == "topk":
+    return sparsity.topk_mask(scores, int(cfg.topk))
+  if cfg.exact_topk:
+    if x is None:
+      raise ValueError("exact_topk counts the batch's nonzero input features: pass x")
+    return sparsity.batch_top_n_mask(scores, jnp.count_nonzero(x))
+  return sparsity.batch_topk_mask(scores, cfg.topk)
+
+
+def _without_distil(cfg):
+  c = ml_collections.ConfigDict(cfg.to_dict())
+  c.distil_from_target = False
+  return c
 
 
 def component_use(apply: Callable, params, comps: Components, x: jax.Array, cfg) -> jax.Array:
   """[C] fraction of the samples of x on which each component is selected."""
-  return jnp.mean(mask_from(attributions(apply, params, comps, x, cfg), cfg), axis=0)
+  return jnp.mean(mask_from(attributions(apply, params, comps, x, cfg), cfg, x), axis=0)
 
 
 def loss(comps: Components, params, x: jax.Array, key, *, apply: Callable, cfg):
@@ -260,7 +281,7 @@ def loss(comps: Components, params, x: jax.Array, key, *, apply: Callable, cfg):
     y_star, target_outs = jax.lax.stop_gradient(_forward(apply, params, x, watch))
   else:
     y_star = jax.lax.stop_gradient(apply(params, x))
-  mask = mask_from(attributions(apply, params, comps, x, cfg), cfg)
+  mask = mask_from(attributions(apply, params, comps, x, cfg), cfg, x)
   y_s, outs = _forward(apply, params, x, watch, comps, mask)
   metrics = {}
   if watch:

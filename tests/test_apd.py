@@ -294,3 +294,18 @@ def test_hidden_activation_reconstruction_by_definition():
   t2 = jax.nn.relu(x @ params["w1"].T) @ params["w2"].T
   want = jnp.mean(jnp.sum((pre - x @ params["w1"].T) ** 2, -1) + jnp.sum((out2 - t2) ** 2, -1))
   np.testing.assert_allclose(m_all["act_recon"], want / 9, rtol=1e-10)
+
+
+def test_exact_topk_and_distil_from_target_masks():
+  scores = jax.random.uniform(jax.random.PRNGKey(13), (6, 5))
+  x = jnp.zeros((6, 4)).at[0, 1].set(1.0).at[2, :3].set(0.5).at[5, 3].set(-0.2)   # 5 nonzero
+  mask = apd.mask_from(scores, _cfg(C=5, exact_topk=True), x)
+  assert mask.sum() == 5
+  np.testing.assert_array_equal(np.sort(np.asarray(scores[mask > 0])),
+                                np.sort(np.asarray(scores).ravel())[-5:])
+  # distil: the last component is always on, the others are chosen among themselves
+  d = apd.mask_from(scores, _cfg(C=5, topk=1.0, distil_from_target=True))
+  np.testing.assert_array_equal(d[:, -1], 1.0)
+  np.testing.assert_array_equal(d[:, :-1], apd.mask_from(scores[:, :-1], _cfg(C=4, topk=1.0)))
+  with pytest.raises(ValueError, match="pass x"):
+    apd.mask_from(scores, _cfg(C=5, exact_topk=True))

@@ -114,7 +114,7 @@ def scrub_losses(params, comps: Components, cfg, best, live, key, data_cfg, n_sa
     x = data.sparse_features(kx, batch_size, n, data_cfg.p, data_cfg.lo, data_cfg.hi)
     y_star = apply(params, x)
     scrub, anti = scrub_masks(km, best, live, x, n_ablate)
-    topk = apd.mask_from(apd.attributions(apply, params, comps, x, cfg), cfg)
+    topk = apd.mask_from(apd.attributions(apply, params, comps, x, cfg), cfg, x)
     run = lambda m: _mse_per_sample(apd.masked_apply(apply, params, comps, m, x), y_star)
     return jnp.any(x != 0, axis=1), run(scrub), run(anti), run(topk)
 
