@@ -28,12 +28,79 @@ def tms_arrows(target: np.ndarray, comps: np.ndarray, path: str, title: str = ""
     ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim)
     ax.set_aspect("equal"), ax.set_xticks([]), ax.set_yticks([])
     ax.set_title(name, fontsize=9)
+  return _save(fig, path, title)
+
+
+def _save(fig, path: str, title: str = "") -> str:
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
+
+
+def response_curves(values: np.ndarray, curves: np.ndarray, feature: int, path: str) -> str:
+  """Target output i for the input x e_i against the label 2x: feature `feature`, then all.
+
+  values: [V]; curves: [n_features, V].
+  """
+  fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
+  for ax, rows, name in ((axes[0], curves[feature:feature + 1], f"feature {feature}"),
+                         (axes[1], curves, f"all {len(curves)} features")):
+    for r in rows:
+      ax.plot(values, r, color="C0", alpha=1.0 if len(rows) == 1 else 0.25, lw=1)
+    ax.plot(values, 2 * values, "k--", lw=1, label="label x + ReLU(x) = 2x")
+    ax.set_xlabel("input value x_i"), ax.set_title(name, fontsize=9)
+  axes[0].set_ylabel("output y_i"), axes[0].legend(fontsize=8)
+  return _save(fig, path, "ResidMLP target response")
+
+
+def neuron_heatmaps(target: np.ndarray, comp: np.ndarray, best: np.ndarray, path: str) -> str:
+  """Neuron contributions per feature: the target's and its best component's. [F, neurons]."""
+  lim = max(np.abs(target).max(), np.abs(comp).max(), 1e-6)
+  fig, axes = plt.subplots(2, 1, figsize=(9, 4.2), sharex=True)
+  for ax, mat, name in ((axes[0], target, "target"), (axes[1], comp, "best APD component")):
+    im = ax.imshow(mat, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_ylabel("feature"), ax.set_title(name, fontsize=9)
+  axes[1].set_yticks(range(len(best)), [f"{i} (c{b})" for i, b in enumerate(best)], fontsize=6)
+  axes[1].set_xlabel("neuron")
+  fig.colorbar(im, ax=axes, shrink=0.8)
+  fig.suptitle("Neuron contributions (W_U[i] W_out) * (W_in W_E[:, i])", fontsize=10)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def one_hot_mse(top1: np.ndarray, batch: np.ndarray, n_active: np.ndarray, path: str) -> str:
+  """Per-feature MSE on one-hot inputs with top-1 and batch top-k, and the scatter of the mean
+  number of active components (batch top-k) against the top-1 MSE. All [n_features]."""
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+  order = np.argsort(top1)
+  axes[0].plot(top1[order], ".", ms=3, label="top-1")
+  axes[0].plot(batch[order], ".", ms=3, label="batch top-k")
+  axes[0].set_yscale("log"), axes[0].set_xlabel("feature (sorted by top-1 MSE)")
+  axes[0].set_ylabel("MSE to target"), axes[0].legend(fontsize=8)
+  axes[1].scatter(n_active, top1, s=6)
+  axes[1].set_yscale("log"), axes[1].set_xlabel("mean active components (batch top-k)")
+  axes[1].set_ylabel("top-1 MSE")
+  return _save(fig, path, "APD on one-hot inputs")
+
+
+def scrub_histograms(scrub: np.ndarray, anti: np.ndarray, topk_mse: float, baseline: float,
+                     path: str) -> str:
+  """Histograms of per-sample MSE with scrubbed and anti-scrubbed ablations (log x)."""
+  vals = np.concatenate([scrub, anti])
+  lo = max(vals[vals > 0].min() if np.any(vals > 0) else 1e-12, 1e-12)
+  bins = np.logspace(np.log10(lo), np.log10(max(vals.max(), lo * 10)), 60)
+  fig, ax = plt.subplots(figsize=(6, 3.4))
+  ax.hist(np.maximum(scrub, lo), bins, alpha=0.6, label="scrubbed")
+  ax.hist(np.maximum(anti, lo), bins, alpha=0.6, label="anti-scrubbed")
+  ax.axvline(topk_mse, color="k", ls="--", lw=1, label="APD top-k (mean)")
+  ax.axvline(baseline, color="C3", ls=":", lw=1, label="monosemantic baseline")
+  ax.set_xscale("log"), ax.set_xlabel("MSE to target"), ax.set_ylabel("samples")
+  ax.legend(fontsize=8)
+  return _save(fig, path, "Ablating half of the live components")
 
 
 def subnetwork_weights(target: dict, blocks: dict, path: str, title: str = "") -> str:
@@ -57,16 +124,11 @@ def subnetwork_weights(target: dict, blocks: dict, path: str, title: str = "") -
         axes[i, j].set_ylabel(lbl, fontsize=8)
       if i == 0:
         axes[i, j].set_title(nm, fontsize=8)
-  if title:
-    fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path, title)
 
 
 def perturbation_sweeps(deltas: np.ndarray, change: np.ndarray, uses: np.ndarray,
-                        path: str) -> str:
+                        path: str, title: str = "") -> str:
   """L3D figure: mean |output change| against delta for f(x, W0 + delta v_k), per subnetwork,
   separately for the samples that use its feature and the others.
 
@@ -83,7 +145,4 @@ def perturbation_sweeps(deltas: np.ndarray, change: np.ndarray, uses: np.ndarray
     ax.set_title(f"v{k}", fontsize=9), ax.set_xlabel("delta", fontsize=8)
   axes[0, 0].set_ylabel("mean |f(W0 + delta v) - f(W0)|", fontsize=8)
   axes[0, 0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path, title)

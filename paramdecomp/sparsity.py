@@ -29,6 +29,16 @@ def batch_topk_mask(scores: jax.Array, k: float) -> jax.Array:
   return jnp.zeros_like(flat).at[idx].set(1.0).reshape(b, c)
 
 
+def batch_top_n_mask(scores: jax.Array, n: jax.Array) -> jax.Array:
+  """[B, C] 0/1 mask keeping the n largest entries of the whole batch, n traced (a count that
+  depends on the data, e.g. APD's exact top-k); ties go to the lower flat index."""
+  chex.assert_rank(scores, 2)
+  flat = jax.lax.stop_gradient(scores).reshape(-1)
+  order = jnp.argsort(-flat, stable=True)
+  ranks = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
+  return (ranks < n).astype(scores.dtype).reshape(scores.shape)
+
+
 def fraction_threshold(scores: jax.Array, frac: float) -> jax.Array:
   """Scalar tau: the n-th largest of all entries of `scores`, n = floor(frac * scores.size).
 
