@@ -47,6 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
       edge_integration="gradient",
       edge_n_intervals=0,
       edge_stochastic_sources=0,   # R > 0: R random ±1 combinations of output positions
+      edge_mode="auto",            # forward (jvp per input feature) | reverse (vjp per output)
       dtype="float64",             # of every dataset sum (float64 needs jax_enable_x64)
       chunk_size=128,              # samples per scanned chunk
       seed=0,                      # of the stochastic sources
@@ -61,6 +62,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   cfglib.one_of(cfg, "edge_formula", EDGE_FORMULAS)
   cfglib.one_of(cfg, "jacobian_target", ("next_layer", "output"))
   cfglib.one_of(cfg, "dtype", ("float32", "float64"))
+  cfglib.one_of(cfg, "edge_mode", ("auto", "forward", "reverse"))
   cfglib.positive(cfg, "chunk_size")
   cfglib.require(cfg.truncation_threshold >= 0, "truncation_threshold", "must be >= 0")
   for f in ("n_intervals", "edge_n_intervals", "stochastic_sources", "stochastic_sources_pos",
@@ -164,19 +166,12 @@ def dataset_sum(fn: Callable, args: PyTree, data: PyTree, chunk_size: int) -> Py
   `data` leaves share a leading axis N; the last chunk is padded with copies of sample 0 that get
   weight w = 0, so `fn` must weight each sample's contribution by w. i is the chunk index.
   """
-  n = jax.tree.leaves(data)[0].shape[0]
-  chunk = min(chunk_size, n)
-  n_chunks = -(-n // chunk)
-  pad = n_chunks * chunk - n
+  return chunked_sum(fn, chunk_size)(args, data)
 
-  def prep(a):
-    a = jnp.asarray(a)
-    if pad:
-      a = jnp.concatenate([a, jnp.broadcast_to(a[:1], (pad,) + a.shape[1:])])
-    return a.reshape((n_chunks, chunk) + a.shape[1:])
 
-  data = jax.tree.map(prep, data)
-  w = jnp.concatenate([jnp.ones(n), jnp.zeros(pad)]).reshape(n_chunks, chunk)
+def chunked_sum(fn: Callable, chunk_size: int) -> Callable:
+  """``(args, data) -> Σ_chunks fn(args, batch, w, i)`` compiled once (per data shape), for
+  callers that sum the same function with different args (ablation curves, bisections)."""
 
   @jax.jit
   def run(args, data, w):
@@ -187,10 +182,25 @@ def dataset_sum(fn: Callable, args: PyTree, data: PyTree, chunk_size: int) -> Py
     def body(acc, inp):
       i, b, wb = inp
       return jax.tree.map(jnp.add, acc, fn(args, b, wb.astype(init_dtype(acc)), i)), None
-    acc, _ = jax.lax.scan(body, init, (jnp.arange(n_chunks), data, w))
+    acc, _ = jax.lax.scan(body, init, (jnp.arange(w.shape[0]), data, w))
     return acc
 
-  return run(args, data, w)
+  def call(args, data):
+    n = jax.tree.leaves(data)[0].shape[0]
+    chunk = min(chunk_size, n)
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n
+
+    def prep(a):
+      a = jnp.asarray(a)
+      if pad:
+        a = jnp.concatenate([a, jnp.broadcast_to(a[:1], (pad,) + a.shape[1:])])
+      return a.reshape((n_chunks, chunk) + a.shape[1:])
+
+    w = jnp.concatenate([jnp.ones(n), jnp.zeros(pad)]).reshape(n_chunks, chunk)
+    return run(args, jax.tree.map(prep, data), w)
+
+  return call
 
 
 def init_dtype(tree) -> jnp.dtype:
@@ -414,7 +424,7 @@ def edges(seq, params, view, l, basis_in: NodeBasis, basis_out: NodeBasis, x, cf
   k_in, k_out = basis_in.C.shape[1], basis_out.C.shape[1]
   functional = cfg.edge_formula == "functional"
   n_src = cfg.edge_stochastic_sources
-  forward = k_in <= t_out * k_out
+  forward = cfg.edge_mode == "forward" or (cfg.edge_mode == "auto" and k_in <= t_out * k_out)
 
   def fn(args, xb, w, i):
     p, c_in, c_in_pinv, c_out, al, wt = args
