@@ -93,15 +93,15 @@ def node_ablation_curve(seq, params, x, y, basis: NodeBasis, l: int, score_fn: C
   return curve
 
 
-def directions_needed(curve: list[dict], threshold: float, key: str = "accuracy") -> int:
+def directions_needed(curve: list[dict], threshold: float, key: str = "accuracy") -> int | None:
   """Smallest number of kept (original) directions m such that every evaluated count >= m
-  scores at least `threshold`."""
+  scores at least `threshold` (None when even the unablated node scores below it)."""
   need = None
   for row in sorted(curve, key=lambda r: -r["n_kept"]):
     if row[key] < threshold:
       break
     need = row["n_kept"]
-  return need if need is not None else max(r["n_kept"] for r in curve) + 1
+  return need
 
 
 def edge_mask(e: np.ndarray, n_edges: int, n_const_in: int) -> np.ndarray:
@@ -157,6 +157,12 @@ def edge_ablation_scores(seq, params, x, y, basis_in, basis_out, l, mask, score_
   """Mean scores with the edges of E^l outside `mask` ablated (see `edge_ablation_scorer`)."""
   return edge_ablation_scorer(seq, params, x, basis_in, basis_out, l, score_fn, chunk_size,
                               dtype)(mask, x, y)
+
+
+def edge_threshold(e: np.ndarray, n_edges: int, n_const_in: int) -> float:
+  """Strength of the weakest of the n_edges strongest non-constant edges (0 if none kept)."""
+  rest = np.sort(np.asarray(e)[:, n_const_in:].ravel())[::-1]
+  return float(rest[n_edges - 1]) if n_edges > 0 else 0.0
 
 
 def bisect(ok: Callable[[int], bool], lo: int, hi: int) -> int:

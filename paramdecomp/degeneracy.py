@@ -91,10 +91,11 @@ def effective_parameters(apply: Callable, params, x, eps: float = 1e-6) -> dict:
           "eigenvalues": ev[::-1]}
 
 
-def edge_graph_weights(edges: list, skip_const: list, eps: float | None = None):
+def edge_graph_weights(edges: list, skip_const: list, eps=None):
   """Undirected weighted graph over all non-constant features: w = max(0, log10(E / eps)) (§4.4).
 
-  eps defaults to the smallest positive edge. Returns (weights [n, n] symmetric, layer of each
+  eps: one value, or one per edge set (e.g. the weakest edge that the edge-ablation bisection
+  keeps); default the smallest positive edge. Returns (weights [n, n] symmetric, layer of each
   node)."""
   sizes = [e.shape[1] for e in edges] + [edges[-1].shape[0]]
   keep = [s - c for s, c in zip(sizes, skip_const)]
@@ -105,9 +106,10 @@ def edge_graph_weights(edges: list, skip_const: list, eps: float | None = None):
   pos = pos[pos > 0]
   if eps is None:
     eps = pos.min() if pos.size else 1.0
+  eps = list(eps) if np.ndim(eps) else [eps] * len(edges)
   for l, e in enumerate(edges):
     sub = np.asarray(e, np.float64)[skip_const[l + 1]:, skip_const[l]:]
-    lw = np.maximum(0.0, np.log10(np.maximum(sub, 1e-300) / eps))
+    lw = np.maximum(0.0, np.log10(np.maximum(sub, 1e-300) / max(eps[l], 1e-300)))
     w[offs[l + 1]:offs[l + 2], offs[l]:offs[l + 1]] = lw
   w = w + w.T
   layer = np.concatenate([np.full(k, l) for l, k in enumerate(keep)])
@@ -143,9 +145,9 @@ def newman_q(w: np.ndarray, labels: np.ndarray, resolution: float = 1.0) -> floa
 
 
 def graph_modularity(edges: list, skip_const: list, resolution: float = 1.0,
-                     n_iterations: int = 10, seed: int = 0) -> dict:
+                     n_iterations: int = 10, seed: int = 0, eps=None) -> dict:
   """Modularity of an interaction graph (§4.4): cluster count, Q and cluster sizes."""
-  w, _ = edge_graph_weights(edges, skip_const)
+  w, _ = edge_graph_weights(edges, skip_const, eps)
   res = leiden_modularity(w, resolution, n_iterations, seed)
   sizes = np.bincount(res["labels"]) if res["labels"].size else np.zeros(0, int)
   return {"n_clusters": res["n_clusters"], "Q": res["Q"],

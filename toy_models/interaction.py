@@ -141,15 +141,11 @@ def build(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> d
     summary["timings_s"][f"edges_{name}"] = time.perf_counter() - t
     _save_tree(path, {f"{names[l]}->{names[l + 1]}": e for l, e in enumerate(all_edges[name])})
     logging.info("%s edges (%.1fs)", name, summary["timings_s"][f"edges_{name}"])
-  summary["modularity"] = {}
   for name, es in all_edges.items():
     skip = [all_bases[name][l].n_const for l in range(len(names))]
     figures.interaction_graph(es, names, os.path.join(workdir, f"graph_{name}.png"),
                               title=f"{name} interaction graph ({tcfg.model.kind})",
                               skip_const=skip)
-    summary["modularity"][name] = degeneracy.graph_modularity(
-        es, skip, resolution=c.modularity.resolution, n_iterations=c.modularity.n_iterations,
-        seed=c.modularity.seed)
 
   # ---- ablations
   score = ablations.classifier_scores
@@ -186,6 +182,19 @@ def build(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> d
         logging.info("%s %s: %d edges needed", name, key, need[key])
       summary["edges_needed"][name], summary["edge_bisection"][name] = need, trace
     summary["timings_s"]["edge_ablation"] = time.perf_counter() - t
+  # modularity (§4.4): log-normalised by the weakest edge each bisection keeps
+  summary["modularity"] = {}
+  for name, es in all_edges.items():
+    bs = all_bases[name]
+    skip = [b.n_const for b in bs]
+    eps = None
+    if c.ablation.edges:
+      eps = [ablations.edge_threshold(es[l], summary["edges_needed"][name][
+          f"{names[l]}->{names[l + 1]}"], bs[l].n_const) or None for l in range(len(es))]
+      eps = None if any(v is None for v in eps) else eps
+    summary["modularity"][name] = degeneracy.graph_modularity(
+        es, skip, resolution=c.modularity.resolution, n_iterations=c.modularity.n_iterations,
+        seed=c.modularity.seed, eps=eps)
   save_json(os.path.join(workdir, "summary.json"), _jsonable(summary))
   return _jsonable(summary)
 
