@@ -175,19 +175,41 @@ def test_stochastic_sources():
   assert not np.allclose(est, exact)
 
 
-def test_one_minus_zero_alpha_formula_on_a_linear_section():
+@pytest.mark.parametrize("formula", ["(1-0)*alpha", "(1-alpha)^2"])
+def test_g_formulas_on_a_linear_section(formula):
   seq, ps, x = _chain([5, 3])
   a = ps["A0"]
   view = lib.view_of(seq, ps, x[0])
-  cfg = _cfg(formula="(1-0)*alpha")
+  cfg = _cfg(formula=formula, integration="gauss-legendre", n_intervals=2)
   m, lam = lib.jacobian_moments(seq, ps, view, 0, 1, np.eye(3), x, cfg)
-  g = x @ a @ a.T                         # g(f) = A Aᵀ f for F(f) = f A, any alpha rule
+  g = x @ a @ a.T          # g(f) = A Aᵀ f for F(f) = f A: ∫2(1-α) = ∫1 = 1
   g = np.c_[g, np.zeros(len(x))]
   fa = np.c_[x, np.ones(len(x))]
   np.testing.assert_allclose(m, g.T @ g / len(x), rtol=1e-10, atol=1e-10)
   np.testing.assert_allclose(lam, g.T @ fa / len(x), rtol=1e-10, atol=1e-10)
   bases = lib.build_bases(seq, ps, x, cfg)
   assert np.all(np.isfinite(bases[0].C)) and bases[0].C.shape[1] == 3
+
+
+def test_positions_moments_edges_and_position_sources():
+  """A per-position linear section [T, d0] -> [T, d1]: M' = A Aᵀ, random signs over positions
+  are exact (φ_t² = 1), and edge row sums equal Λ with T = 3 positions."""
+  rng = np.random.default_rng(4)
+  ps = {"A": rng.normal(size=(5, 4)), "B": rng.normal(size=(4, 2))}
+  seq = sequential.from_functions([lambda p, f: f @ p["A"], lambda p, f: f.sum(-2) @ p["B"]],
+                                  ["seq0", "seq1", "out"])
+  x = rng.normal(size=(120, 3, 5))
+  view = lib.view_of(seq, ps, x[0])
+  m, _ = lib.jacobian_moments(seq, ps, view, 0, 1, np.eye(5), x, _cfg())
+  np.testing.assert_allclose(m[:5, :5], ps["A"] @ ps["A"].T, rtol=1e-10)
+  m_pos, _ = lib.jacobian_moments(seq, ps, view, 0, 1, np.eye(5), x,
+                                  _cfg(stochastic_sources_pos=2))
+  # (the constant coordinate, shared by all positions, is not per-position: compare features)
+  np.testing.assert_allclose(m_pos[:5, :5], m[:5, :5], rtol=1e-10, atol=1e-12)
+  cfg = _cfg()
+  bases = lib.build_bases(seq, ps, x, cfg)
+  e = lib.build_edges(seq, ps, bases, x, cfg)[0]
+  np.testing.assert_allclose(e.sum(0), bases[0].Lambda, rtol=1e-9)
 
 
 def _mlp(seed=0, dims=(5, 8, 6, 3), n=300):
