@@ -98,3 +98,13 @@ def test_build_basis_end_to_end(tmp_path):
   bad = subprocess.run(cmd[:-2] + ["--config.lib.formula=jacobain"], capture_output=True,
                        text=True)
   assert bad.returncode != 0 and "lib.formula" in bad.stderr
+
+
+def test_dominant_frequencies_finds_a_planted_frequency():
+  p = 13
+  a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+  f1 = np.cos(2 * np.pi * 4 * (a + b) / p).ravel()
+  f2 = (np.sin(2 * np.pi * 2 * a / p) + 0.1 * np.cos(2 * np.pi * 6 * b / p)).ravel()
+  res = modadd.dominant_frequencies(np.stack([f1, f2], 1), p)
+  assert res[0]["frequency"] == 4 and res[0]["share"] == pytest.approx(1.0)
+  assert res[1]["frequency"] == 2 and 0.9 < res[1]["share"] < 1.0

@@ -127,6 +127,10 @@ def build(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> d
       nm: int(degeneracy.rank_deficiency(b.gram_eigenvalues, c.lib.truncation_threshold))
       for nm, b in zip(names, all_bases[c.bases[0]])}
 
+  if hasattr(mod, "feature_report"):
+    summary["features"] = {name: mod.feature_report(seq, params, all_bases[name], tcfg)
+                           for name in all_bases if name != "neuron"}
+
   # ---- edges
   all_edges = {}
   for name in [b for b in c.bases if b != "neuron"]:

@@ -112,3 +112,38 @@ def sequential_view(cfg) -> sequential.Sequential:
   """The four node layers of the LIB build as a sequential view of the Flax module."""
   return sequential.from_flax(module(cfg), input_method="embed",
                               methods=("attention", "mlp", "unembed"), names=NODES)
+
+
+def dominant_frequencies(values: np.ndarray, p: int) -> list[dict]:
+  """For feature values over all p² inputs (row a*p + b; [p², k]): the frequency k' in 1..p//2
+  holding most of each feature's non-constant Fourier power over (a, b) (a pair (k_a, k_b)
+  counts for max(k_a, k_b) folded to <= p/2), and that share of the power."""
+  v = np.asarray(values, np.float64).reshape(p, p, -1)
+  power = np.abs(np.fft.fft2(v, axes=(0, 1))) ** 2
+  power[0, 0] = 0.0
+  fold = np.minimum(np.arange(p), p - np.arange(p))
+  freq = np.maximum(fold[:, None], fold[None, :])
+  out = []
+  for j in range(v.shape[-1]):
+    per = np.bincount(freq.ravel(), weights=power[..., j].ravel(), minlength=p // 2 + 1)
+    total = per.sum()
+    k = int(np.argmax(per))
+    out.append({"frequency": k, "share": float(per[k] / total) if total > 0 else 0.0})
+  return out
+
+
+def feature_report(seq, params, bases, c, n_features: int = 20) -> dict:
+  """Dominant Fourier frequency of the first `n_features` non-constant basis features of the
+  nodes after attention (ln2.0, unembed), over all p² input pairs (§5.4)."""
+  from paramdecomp import lib
+  p = c.model.p
+  a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+  x = jnp.asarray(np.stack([a.ravel(), b.ravel(), np.full(p * p, p)], 1), jnp.int32)
+  view = lib.view_of(seq, params, x[0])
+  out = {}
+  for l in (1, 2):
+    fa = np.asarray(lib.node_acts(seq, params, view, l, x))[:, 0]
+    basis = bases[l]
+    feats = fa @ basis.C[:, basis.n_const:basis.n_const + n_features]
+    out[NODES[l]] = dominant_frequencies(feats, p)
+  return out
