@@ -150,5 +150,5 @@ def graph_modularity(edges: list, skip_const: list, resolution: float = 1.0,
   w, _ = edge_graph_weights(edges, skip_const, eps)
   res = leiden_modularity(w, resolution, n_iterations, seed)
   sizes = np.bincount(res["labels"]) if res["labels"].size else np.zeros(0, int)
-  return {"n_clusters": res["n_clusters"], "Q": res["Q"],
-          "cluster_sizes": sorted((int(s) for s in sizes), reverse=True)[:20]}
+  return {"n_clusters": res["n_clusters"], "n_clusters_nontrivial": int((sizes > 1).sum()),
+          "Q": res["Q"], "cluster_sizes": sorted((int(s) for s in sizes), reverse=True)[:20]}
