@@ -81,6 +81,8 @@ def test_build_basis_end_to_end(tmp_path):
     s = json.load(f)
   assert s["nodes"] == ["layers.0", "layers.1", "output"]
   assert set(s["edges_needed"]) == {"lib", "pca"}
+  assert s["degeneracy"]["jacobian_null"]["layers.1"] >= 12 - 10   # 12 hidden, 10 logits
+  assert set(s["degeneracy"]["relu_groups"]) == {"Dense_0"}
   for name in ("lib", "pca", "neuron"):
     curve = s["node_ablation"]["layers.1"][name]
     full = [r for r in curve if r["n_ablated"] == 0][0]

@@ -65,6 +65,17 @@ def apply(params: dict, x: jax.Array) -> jax.Array:
   return MLP(hidden, dense[f"Dense_{n - 1}"]["kernel"].shape[1]).apply(params, x)
 
 
+def relu_preactivations(params: dict, cfg, x: jax.Array) -> dict:
+  """{layer name: pre-activations [N, width]} of each hidden ReLU layer."""
+  dense, out = params["params"], {}
+  for k in range(len(cfg.hidden)):
+    layer = dense[f"Dense_{k}"]
+    pre = x @ layer["kernel"] + layer["bias"]
+    out[f"Dense_{k}"] = pre
+    x = jax.nn.relu(pre)
+  return out
+
+
 def dataset(c: ml_collections.ConfigDict) -> dict:
   """The 1797 scikit-learn digits, pixels / 16, split at random (split_seed) into train / test."""
   from sklearn.datasets import load_digits

@@ -123,9 +123,8 @@ def build(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> d
   summary["basis_sizes"] = {n: {nm: int(b.C.shape[1]) for nm, b in zip(names, bs)}
                             for n, bs in all_bases.items()}
   summary["node_dims"] = {nm: int(view.dim(l)) for l, nm in enumerate(names)}
-  summary["gram_rank_deficiency"] = {
-      nm: int(degeneracy.rank_deficiency(b.gram_eigenvalues, c.lib.truncation_threshold))
-      for nm, b in zip(names, all_bases[c.bases[0]])}
+  summary["degeneracy"] = _degeneracy(c, mod, tcfg, seq, p64, xb64, names,
+                                      all_bases[c.bases[0]])
 
   if hasattr(mod, "feature_report"):
     summary["features"] = {name: mod.feature_report(seq, params, all_bases[name], tcfg)
@@ -201,6 +200,27 @@ def build(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> d
         seed=c.modularity.seed, eps=eps)
   save_json(os.path.join(workdir, "summary.json"), _jsonable(summary))
   return _jsonable(summary)
+
+
+def _degeneracy(c, mod, tcfg, seq, params, x, names, bases) -> dict:
+  """§4.2 measures on the build data: null directions of each node's (centred) Gram matrix and
+  of K = E[Jᵀ J] (J = ∂ output / ∂ node; relative tolerance 1e-10), and ReLU firing groups."""
+  out = {"gram_null": {nm: degeneracy.rank_deficiency(b.gram_eigenvalues,
+                                                      c.lib.truncation_threshold)
+                       for nm, b in zip(names, bases)}, "jacobian_null": {}}
+  for l, nm in enumerate(names[:-1]):
+    k = degeneracy.jacobian_gram(seq, params, x, l, chunk_size=c.lib.chunk_size)
+    out["jacobian_null"][nm] = degeneracy.rank_deficiency(np.linalg.eigvalsh(k), 1e-10,
+                                                          relative=True)
+  if hasattr(mod, "relu_preactivations"):
+    pre = mod.relu_preactivations(params, tcfg.model, x)
+    out["relu_groups"] = {}
+    for nm, p in pre.items():
+      g = degeneracy.firing_groups(np.asarray(p).reshape(-1, p.shape[-1]))
+      out["relu_groups"][nm] = {"n_groups": len(g["groups"]), "largest": max(
+          (len(s) for s in g["groups"]), default=1), "dead": len(g["dead"]),
+          "always_on": len(g["always_on"]), "extra_free": g["extra_free"]}
+  return out
 
 
 def _jsonable(o):

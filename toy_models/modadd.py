@@ -72,6 +72,9 @@ class Transformer(nn.Module):
     """[..., d_model] -> [..., d_model]."""
     return r + self.mlp_out(jax.nn.relu(self.mlp_in(r)))
 
+  def mlp_preactivations(self, tokens):
+    return self.mlp_in(self.attention(self.embed(tokens)))
+
   def unembed(self, r):
     return self.unembed_(r)
 
@@ -94,6 +97,11 @@ def apply(params: dict, tokens: jax.Array) -> jax.Array:
   d_model, n_heads, d_head = params["params"]["W_Q"]["kernel"].shape
   d_mlp = params["params"]["mlp_in"]["kernel"].shape[-1]
   return Transformer(p, d_model, n_heads, d_head, d_mlp).apply(params, tokens)
+
+
+def relu_preactivations(params: dict, cfg, tokens: jax.Array) -> dict:
+  """{layer name: pre-activations [N, d_mlp]} of the ReLUs (for firing-pattern degeneracy)."""
+  return {"mlp": module(cfg).apply(params, tokens, method="mlp_preactivations")}
 
 
 def dataset(c: ml_collections.ConfigDict) -> dict:
