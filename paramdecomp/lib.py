@@ -250,7 +250,8 @@ class NodeBasis(NamedTuple):
 
 def gram_eigenbasis(mu: np.ndarray, second: np.ndarray, center: bool, has_const: bool,
                     tau: float):
-  """Steps 4a-c: (D, U, W, W⁺, n_const) of the (centred) Gram matrix, truncated at tau."""
+  """Steps 4a-c: (D, U, W, W⁺, n_const, all eigenvalues) of the (centred) Gram matrix, D and U
+  truncated at tau, the constant direction first when centring."""
   y = centering_matrix(mu) if (center and has_const) else np.eye(mu.shape[0])
   g = y.T @ second @ y
   d, u = np.linalg.eigh(g)

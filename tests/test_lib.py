@@ -375,7 +375,6 @@ def test_bad_input_fails_clearly():
     lib.build_bases(seq, ps, x, _cfg(formula="jacobain"))
   with pytest.raises(ConfigError, match="did you mean 'center'"):
     c = _cfg()
-    c.unlock() if hasattr(c, "unlock") else None
     c["centre"] = True
     lib.validate(c)
   with pytest.raises(ConfigError, match="alpha = 1"):
