@@ -15,12 +15,12 @@ import ml_collections
 
 from paramdecomp import config as cfglib
 from paramdecomp import lowrank, pytree, sparsity, train
-from paramdecomp.factored import apply_factored
+from paramdecomp.factored import trace_matmuls
 from paramdecomp.grads import directional_derivatives
 from paramdecomp.lowrank import Factors
 
 Components = dict[str, Factors]
-ATTRIBUTIONS = ("gradient", "ablation")
+ATTRIBUTIONS = ("gradient", "ablation", "activation")
 ATTRIBUTION_MODELS = ("target", "apd")
 SPARSITY = ("batch_topk", "topk")
 
@@ -33,7 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
       m=3,                       # rank of each component per weight (0: full, min(a, b))
       init="xavier_normal",      # or kaiming_uniform
       init_scale=1.0,
-      attribution="gradient",    # gradient | ablation
+      attribution="gradient",    # gradient | ablation | activation
       attribution_model="target",  # target | apd: whose gradients the attributions use
       sparsity="batch_topk",     # batch_topk | topk
       topk=0.211,                # mean active components per sample (integer k for topk)
@@ -41,6 +41,10 @@ def default_config() -> ml_collections.ConfigDict:
       minimality_coeff=1.0,
       simplicity_coeff=0.7,
       schatten_p=1.0,
+      act_recon_coeff=0.0,       # hidden-activation reconstruction (ResidMLP: 1)
+      act_recon_layers=(),       # patterns of decomposed weights whose outputs are matched
+                                 # (empty: all of them)
+      act_recon_relu=False,      # match ReLU(output), as for ResidMLP's W_in
       unit_norm_matrices=False,  # keep every V column (input side of W = U V^T) at unit norm
       formulation="topk",        # topk | lp (attribution-sparsity variant: no masks)
       lp_p=0.9,                  # p1 of the lp formulation: minimality = mean_b sum_c A_c^p1
@@ -64,6 +68,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   cfglib.require(cfg.sparsity != "topk" or cfg.topk <= cfg.C, "topk",
                  f"k={cfg.topk} exceeds C={cfg.C}")
   cfglib.require(len(cfg.decompose) > 0, "decompose", "names no weights")
+  cfglib.require(cfg.act_recon_coeff >= 0, "act_recon_coeff", "must be >= 0")
+  cfglib.require(cfg.formulation != "lp" or cfg.act_recon_coeff == 0, "act_recon_coeff",
+                 "the lp formulation has no sparse forward pass to match activations on")
 
 
 def init(key, params, cfg) -> Components:
@@ -121,14 +128,23 @@ def _with(params, weights: dict):
 
 
 def _mean_sq_gradient_attribution(apply, params, comps: Components, x, cfg) -> jax.Array:
-  """[B, C] mean over outputs o of <grad_W f_o(x), P_c>^2, differentiable in the components."""
-  mats = {p: lowrank.components(f) for p, f in comps.items()}  # [C, a, b]
-  base = params
-  if cfg.attribution_model == "apd":
-    base = _with(params, jax.lax.stop_gradient({p: lowrank.total(f) for p, f in comps.items()}))
-  primal = pytree.get(base, list(comps))
-  fn = lambda ws: apply(_with(base, ws), x)
-  _, dots = directional_derivatives(fn, primal, mats)          # [C, B, ...]
+  """[B, C] mean over outputs o of <grad_W f_o(x), P_c>^2, differentiable in the components.
+
+  The efficient form of §1.3: <grad_W f_o, P_c> = (d f_o / d p)^T (P_c a) for each product
+  p = W a of a decomposed weight, so the forward-mode tangents start at the pre-activations as
+  P_c a, computed through the factors, and the dense P_c is never formed.
+  """
+  paths = list(comps)
+  factors = {}
+  if cfg.attribution_model == "apd":  # the all-components model, kept factored
+    ones = jnp.ones(next(iter(comps.values())).U.shape[0], x.dtype)
+    factors = jax.lax.stop_gradient({p: lowrank.masked_lowrank(f, ones)
+                                     for p, f in comps.items()})
+  _, uses = trace_matmuls(apply, params, factors, x, paths)
+  tangents = {p: [u.apply(f.U, f.V) for u in uses[p]] for p, f in comps.items()}   # [C, ...]
+  zeros = {p: [jnp.zeros_like(u.out) for u in uses[p]] for p in paths}
+  fn = lambda shifts: trace_matmuls(apply, params, factors, x, paths, shifts)[0]
+  _, dots = directional_derivatives(fn, zeros, tangents)                          # [C, B, ...]
   return jnp.mean(dots.reshape(dots.shape[:2] + (-1,)) ** 2, axis=-1).T
 
 
@@ -138,6 +154,8 @@ def attributions(apply: Callable, params, comps: Components, x: jax.Array,
   comps = jax.lax.stop_gradient(comps)
   if cfg.attribution == "gradient":
     return jnp.sqrt(_mean_sq_gradient_attribution(apply, params, comps, x, cfg))
+  if cfg.attribution == "activation":
+    return _activation_attribution(apply, params, comps, x)
   totals = {p: lowrank.total(f) for p, f in comps.items()}
   mats = {p: lowrank.components(f) for p, f in comps.items()}  # [C, a, b]
   # ablation: output change when component c alone is removed from the all-components model
@@ -147,20 +165,63 @@ def attributions(apply: Callable, params, comps: Components, x: jax.Array,
   return jnp.mean(diff**2, axis=-1).T
 
 
-def masked_apply(apply: Callable, params, comps: Components, mask: jax.Array,
-                 x: jax.Array) -> jax.Array:
-  """Output with each sample's decomposed weights set to sum_c mask[b, c] P_c.
+def _activation_attribution(apply, params, comps: Components, x) -> jax.Array:
+  """[B, C] sum over decomposed products of |P_c a|^2, a = the layer's input in the APD model's
+  all-components forward pass (§1.3, variant 3). Activations must keep the batch axis first."""
+  ones = jnp.ones(next(iter(comps.values())).U.shape[0], x.dtype)
+  ws = {p: lowrank.masked_lowrank(f, ones) for p, f in comps.items()}
+  _, uses = trace_matmuls(apply, params, ws, x, list(comps))
+  total = 0.0
+  for p, f in comps.items():
+    for u in uses[p]:
+      if u.act.shape[0] != x.shape[0]:
+        raise ValueError(f"activation attributions need batch-first activations; {p!r} meets "
+                         f"an input of shape {u.act.shape} for a batch of {x.shape[0]}")
+      sq = u.sq_norms(f.U, f.V)                                   # [C, B, ...]
+      total = total + jnp.sum(sq.reshape(sq.shape[:2] + (-1,)), axis=-1).T
+  return total
 
-  The per-sample weights stay factored (see `paramdecomp.factored`), so a sample costs
-  O(C m (a + b)) per weight rather than O(C m a b).
+
+def _forward(apply, params, x, watch=(), comps: Components | None = None, mask=None):
+  """Per-sample forward passes, with sample b's decomposed weights sum_c mask[b, c] P_c when
+  `comps` is given (the target's otherwise): (outputs [B, ...], {path: [output of each product
+  of that weight, [B, ...]]} for the paths in `watch`).
+
+  The weights stay factored (see `paramdecomp.factored`) and the mask sits in the low-rank
+  scale, so U and V are shared across the batch: a sample costs O(C m (a + b)) per weight.
   """
-  chex.assert_equal_shape_prefix((mask, x), 1)
 
   def one(s, xb):
-    ws = {p: lowrank.masked_lowrank(f, s) for p, f in comps.items()}
-    return apply_factored(apply, params, ws, xb[None])[0]
+    ws = {} if comps is None else {p: lowrank.masked_lowrank(f, s) for p, f in comps.items()}
+    y, uses = trace_matmuls(apply, params, ws, xb[None], watch)
+    return y[0], {p: [u.out for u in us] for p, us in uses.items()}
 
+  if mask is None:
+    return jax.vmap(lambda xb: one(None, xb))(x)
+  chex.assert_equal_shape_prefix((mask, x), 1)
   return jax.vmap(one)(mask, x)
+
+
+def masked_apply(apply: Callable, params, comps: Components, mask: jax.Array,
+                 x: jax.Array) -> jax.Array:
+  """[B, ...] output with each sample's decomposed weights set to sum_c mask[b, c] P_c."""
+  return _forward(apply, params, x, (), comps, mask)[0]
+
+
+def act_recon_paths(comps: Components, cfg) -> tuple[str, ...]:
+  """Decomposed weights whose outputs the hidden-activation reconstruction loss matches."""
+  if not cfg.act_recon_layers:
+    return tuple(comps)
+  paths = pytree.select({p: 0 for p in comps}, cfg.act_recon_layers)
+  return tuple(paths)
+
+
+def activation_mse(outs, target_outs, relu: bool) -> jax.Array:
+  """mean_b sum_l |f(p_l) - f(p*_l)|^2 / sum_l d_l over every recorded product l (§1.5)."""
+  f = jax.nn.relu if relu else (lambda v: v)
+  pairs = [(o, t) for p in outs for o, t in zip(outs[p], target_outs[p])]
+  sq = sum(jnp.sum(((f(o) - f(t)) ** 2).reshape(o.shape[0], -1), axis=1) for o, t in pairs)
+  return jnp.mean(sq) / sum(o[0].size for o, _ in pairs)
 
 
 def mask_from(scores: jax.Array, cfg) -> jax.Array:
@@ -194,16 +255,25 @@ def loss(comps: Components, params, x: jax.Array, key, *, apply: Callable, cfg):
              + cfg.simplicity_coeff * simplicity)
     return total, {"faithfulness": faith, "minimality": minimality, "simplicity": simplicity}
 
-  y_star = jax.lax.stop_gradient(apply(params, x))
+  watch = act_recon_paths(comps, cfg) if cfg.act_recon_coeff else ()
+  if watch:
+    y_star, target_outs = jax.lax.stop_gradient(_forward(apply, params, x, watch))
+  else:
+    y_star = jax.lax.stop_gradient(apply(params, x))
   mask = mask_from(attributions(apply, params, comps, x, cfg), cfg)
-  y_s = masked_apply(apply, params, comps, mask, x)
+  y_s, outs = _forward(apply, params, x, watch, comps, mask)
+  metrics = {}
+  if watch:
+    metrics["act_recon"] = activation_mse(outs, target_outs, cfg.act_recon_relu)
   minimality = jnp.mean((y_s - y_star) ** 2)
   simplicity = jnp.mean(mask @ per_comp) / n
 
   total = (cfg.faithfulness_coeff * faith + cfg.minimality_coeff * minimality
            + cfg.simplicity_coeff * simplicity)
+  if watch:
+    total = total + cfg.act_recon_coeff * metrics["act_recon"]
   return total, {"faithfulness": faith, "minimality": minimality, "simplicity": simplicity,
-                 "active": jnp.mean(jnp.sum(mask, axis=1))}
+                 **metrics, "active": jnp.mean(jnp.sum(mask, axis=1))}
 
 
 def make_loss(apply: Callable, cfg, batch_fn: Callable[[jax.Array], jax.Array]):

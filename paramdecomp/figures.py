@@ -28,6 +28,10 @@ def tms_arrows(target: np.ndarray, comps: np.ndarray, path: str, title: str = ""
     ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim)
     ax.set_aspect("equal"), ax.set_xticks([]), ax.set_yticks([])
     ax.set_title(name, fontsize=9)
+  return _save(fig, path, title)
+
+
+def _save(fig, path: str, title: str = "") -> str:
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
@@ -48,12 +52,8 @@ def ablation_curves(curves: dict, path: str, key: str = "accuracy", title: str =
   ax.set_xscale("symlog", linthresh=10)
   ax.set_xlabel("directions kept (of the node's original dimension)")
   ax.set_ylabel(key)
-  ax.set_title(title, fontsize=9)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path, title)
 
 
 def interaction_graph(edges: list, names: list, path: str, max_nodes: int = 30,
@@ -81,8 +81,67 @@ def interaction_graph(edges: list, names: list, path: str, max_nodes: int = 30,
     ax.scatter([l] * n, [ypos(n, i) for i in range(n)], s=12, color="k", zorder=3)
   ax.set_xticks(range(len(names)), names)
   ax.set_yticks([])
-  ax.set_title(title, fontsize=9)
-  fig.tight_layout()
+  return _save(fig, path, title)
+
+
+def response_curves(values: np.ndarray, curves: np.ndarray, feature: int, path: str) -> str:
+  """Target output i for the input x e_i against the label 2x: feature `feature`, then all.
+
+  values: [V]; curves: [n_features, V].
+  """
+  fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
+  for ax, rows, name in ((axes[0], curves[feature:feature + 1], f"feature {feature}"),
+                         (axes[1], curves, f"all {len(curves)} features")):
+    for r in rows:
+      ax.plot(values, r, color="C0", alpha=1.0 if len(rows) == 1 else 0.25, lw=1)
+    ax.plot(values, 2 * values, "k--", lw=1, label="label x + ReLU(x) = 2x")
+    ax.set_xlabel("input value x_i"), ax.set_title(name, fontsize=9)
+  axes[0].set_ylabel("output y_i"), axes[0].legend(fontsize=8)
+  return _save(fig, path, "ResidMLP target response")
+
+
+def neuron_heatmaps(target: np.ndarray, comp: np.ndarray, best: np.ndarray, path: str) -> str:
+  """Neuron contributions per feature: the target's and its best component's. [F, neurons]."""
+  lim = max(np.abs(target).max(), np.abs(comp).max(), 1e-6)
+  fig, axes = plt.subplots(2, 1, figsize=(9, 4.2), sharex=True)
+  for ax, mat, name in ((axes[0], target, "target"), (axes[1], comp, "best APD component")):
+    im = ax.imshow(mat, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_ylabel("feature"), ax.set_title(name, fontsize=9)
+  axes[1].set_yticks(range(len(best)), [f"{i} (c{b})" for i, b in enumerate(best)], fontsize=6)
+  axes[1].set_xlabel("neuron")
+  fig.colorbar(im, ax=axes, shrink=0.8)
+  fig.suptitle("Neuron contributions (W_U[i] W_out) * (W_in W_E[:, i])", fontsize=10)
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
+
+
+def one_hot_mse(top1: np.ndarray, batch: np.ndarray, n_active: np.ndarray, path: str) -> str:
+  """Per-feature MSE on one-hot inputs with top-1 and batch top-k, and the scatter of the mean
+  number of active components (batch top-k) against the top-1 MSE. All [n_features]."""
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+  order = np.argsort(top1)
+  axes[0].plot(top1[order], ".", ms=3, label="top-1")
+  axes[0].plot(batch[order], ".", ms=3, label="batch top-k")
+  axes[0].set_yscale("log"), axes[0].set_xlabel("feature (sorted by top-1 MSE)")
+  axes[0].set_ylabel("MSE to target"), axes[0].legend(fontsize=8)
+  axes[1].scatter(n_active, top1, s=6)
+  axes[1].set_yscale("log"), axes[1].set_xlabel("mean active components (batch top-k)")
+  axes[1].set_ylabel("top-1 MSE")
+  return _save(fig, path, "APD on one-hot inputs")
+
+
+def scrub_histograms(scrub: np.ndarray, anti: np.ndarray, topk_mse: float, baseline: float,
+                     path: str) -> str:
+  """Histograms of per-sample MSE with scrubbed and anti-scrubbed ablations (log x)."""
+  vals = np.concatenate([scrub, anti])
+  lo = max(vals[vals > 0].min() if np.any(vals > 0) else 1e-12, 1e-12)
+  bins = np.logspace(np.log10(lo), np.log10(max(vals.max(), lo * 10)), 60)
+  fig, ax = plt.subplots(figsize=(6, 3.4))
+  ax.hist(np.maximum(scrub, lo), bins, alpha=0.6, label="scrubbed")
+  ax.hist(np.maximum(anti, lo), bins, alpha=0.6, label="anti-scrubbed")
+  ax.axvline(topk_mse, color="k", ls="--", lw=1, label="APD top-k (mean)")
+  ax.axvline(baseline, color="C3", ls=":", lw=1, label="monosemantic baseline")
+  ax.set_xscale("log"), ax.set_xlabel("MSE to target"), ax.set_ylabel("samples")
+  ax.legend(fontsize=8)
+  return _save(fig, path, "Ablating half of the live components")

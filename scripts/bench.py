@@ -1,6 +1,8 @@
-"""Milliseconds per APD step on TMS targets (the numbers in BENCHMARKS.md).
+"""Milliseconds per APD step on toy targets (the numbers in BENCHMARKS.md).
 
   python scripts/bench.py [--variants=5-2,40-10] [--batch=2048] [--steps=200] [--repeats=5]
+  python scripts/bench.py --variants=resid_mlp:1-layer,resid_mlp:1-layer-rank1 --batch=256 \
+      --steps=10 --repeats=3
 
 Times the compiled, scanned training step (`steps` steps per dispatch) after a warm-up dispatch,
 best of `repeats`; the target is freshly initialised (values do not change the cost).
@@ -15,27 +17,38 @@ import jax
 import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))
+import apd_resid_mlp  # noqa: E402
 import apd_tms  # noqa: E402
+import resid_mlp as resid_mlp_configs  # noqa: E402
 import tms as tms_configs  # noqa: E402
 
 from paramdecomp import apd, train  # noqa: E402
-from toy_models import tms, training  # noqa: E402
+from toy_models import training  # noqa: E402
 
-_VARIANTS = flags.DEFINE_list("variants", ["5-2", "40-10"], "TMS variants.")
+_VARIANTS = flags.DEFINE_list("variants", ["5-2", "40-10"],
+                              "TMS variants, or resid_mlp:<apd_resid_mlp.py variant>.")
 _BATCH = flags.DEFINE_integer("batch", 2048, "Decomposition batch size.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Steps per dispatch.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed dispatches (best is reported).")
 
 
-def bench_apd_tms(variant: str, batch: int, steps: int, repeats: int) -> float:
-  tcfg = tms_configs.get_config(variant)
-  params = tms.init(jax.random.PRNGKey(0), tcfg.model)
-  c = apd_tms.get_config(variant)
+def configs(variant: str):
+  """(target config, decomposition config) of a bench variant."""
+  if variant.startswith("resid_mlp:"):
+    v = variant.split(":", 1)[1]
+    return resid_mlp_configs.get_config(v.split("-rank")[0]), apd_resid_mlp.get_config(v)
+  return tms_configs.get_config(variant), apd_tms.get_config(variant)
+
+
+def bench_apd(variant: str, batch: int, steps: int, repeats: int) -> float:
+  tcfg, c = configs(variant)
+  mod = training.model_module(tcfg.model.kind)
+  params = mod.init(jax.random.PRNGKey(0), tcfg.model)
   batch_fn = lambda k: training.batch(k, tcfg, batch)
   opt = optax.adam(c.optim.lr)
   state = train.init_state(apd.init(jax.random.PRNGKey(1), params, c.apd), opt,
                            jax.random.PRNGKey(2))
-  step = train.make_multi_step(apd.make_update(tms.apply, c.apd, batch_fn, opt), steps)
+  step = train.make_multi_step(apd.make_update(mod.apply, c.apd, batch_fn, opt), steps)
   state, m = step(state, params)
   jax.block_until_ready(m)
   best = float("inf")
@@ -52,11 +65,11 @@ def main(argv):
   dev = jax.devices()[0]
   print(f"# jax {jax.__version__}, {dev.platform} ({dev.device_kind}), {os.cpu_count()} cpus, "
         f"{platform.processor() or platform.machine()}")
-  print("| target | C | batch | ms/step |\n|---|---|---|---|")
+  print("| target | C | m | batch | ms/step |\n|---|---|---|---|---|")
   for v in _VARIANTS.value:
-    ms = bench_apd_tms(v, _BATCH.value, _STEPS.value, _REPEATS.value)
-    print(f"| APD TMS {v} | {apd_tms.get_config(v).apd.C} | {_BATCH.value} | {ms:.2f} |",
-          flush=True)
+    ms = bench_apd(v, _BATCH.value, _STEPS.value, _REPEATS.value)
+    a = configs(v)[1].apd
+    print(f"| APD {v} | {a.C} | {a.m or 'full'} | {_BATCH.value} | {ms:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

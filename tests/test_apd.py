@@ -235,3 +235,62 @@ def test_lp_formulation_on_a_linear_layer_is_closed_form():
   e = jnp.zeros_like(comps["W"].U).at[1, 2, 0].set(h)
   np.testing.assert_allclose(g[1, 2, 0], (f(comps["W"].U + e) - f(comps["W"].U - e)) / (2 * h),
                              rtol=1e-5)
+
+
+def _relu_mlp(params, x):
+  return jax.nn.relu(x @ params["w1"].T) @ params["w2"].T
+
+
+def _relu_mlp_kernels(params, x):  # Flax layout: x @ K, so the contracted axis of K is 0
+  return jax.nn.relu(x @ params["k1"]) @ params["k2"]
+
+
+@pytest.mark.parametrize("layout", ["rows", "kernels"])
+def test_activation_attribution_by_definition(layout):
+  ks = jax.random.split(jax.random.PRNGKey(11), 4)
+  w1, w2 = jax.random.normal(ks[0], (6, 4)), jax.random.normal(ks[1], (3, 6))
+  if layout == "rows":
+    params, apply, names = {"w1": w1, "w2": w2}, _relu_mlp, ("w1", "w2")
+  else:
+    params, apply, names = {"k1": w1.T, "k2": w2.T}, _relu_mlp_kernels, ("k1", "k2")
+  cfg = _cfg(C=5, m=2, decompose=names, attribution="activation")
+  comps = apd.init(ks[2], params, cfg)
+  x = jax.random.normal(ks[3], (8, 4))
+  got = apd.attributions(apply, params, comps, x, cfg)
+  p1, p2 = (lowrank.components(comps[n]) for n in names)   # [C, a, b]
+  if layout == "kernels":
+    p1, p2 = p1.transpose(0, 2, 1), p2.transpose(0, 2, 1)
+  # the inputs of each layer in the all-components APD model, then |P_c a|^2 summed over layers
+  a1 = x
+  a2 = jax.nn.relu(x @ p1.sum(0).T)
+  want = (jnp.sum(jnp.einsum("cij,bj->bci", p1, a1) ** 2, -1)
+          + jnp.sum(jnp.einsum("cij,bj->bci", p2, a2) ** 2, -1))
+  np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_hidden_activation_reconstruction_by_definition():
+  ks = jax.random.split(jax.random.PRNGKey(12), 4)
+  params = {"w1": jax.random.normal(ks[0], (6, 4)), "w2": jax.random.normal(ks[1], (3, 6))}
+  cfg = _cfg(C=5, m=2, decompose=("w1", "w2"), topk=2.0, act_recon_coeff=3.0,
+             act_recon_layers=("w1",), act_recon_relu=True)
+  comps = apd.init(ks[2], params, cfg)
+  x = jax.random.normal(ks[3], (8, 4))
+  total, m = apd.loss(comps, params, x, None, apply=_relu_mlp, cfg=cfg)
+  mask = apd.mask_from(apd.attributions(_relu_mlp, params, comps, x, cfg), cfg)
+  w1_b = lowrank.masked_total(comps["w1"], mask)                    # [B, 6, 4]
+  sparse = jax.nn.relu(jnp.einsum("bij,bj->bi", w1_b, x))
+  target = jax.nn.relu(x @ params["w1"].T)
+  np.testing.assert_allclose(m["act_recon"], jnp.mean(jnp.sum((sparse - target) ** 2, -1)) / 6,
+                             rtol=1e-10)
+  no_act, m0 = apd.loss(comps, params, x, None, apply=_relu_mlp,
+                        cfg=_cfg(**{**cfg.to_dict(), "act_recon_coeff": 0.0}))
+  assert "act_recon" not in m0
+  np.testing.assert_allclose(total - no_act, 3.0 * m["act_recon"], rtol=1e-10)
+  # all decomposed layers, no ReLU: the pre-activations of both products are matched
+  cfg_all = _cfg(**{**cfg.to_dict(), "act_recon_layers": (), "act_recon_relu": False})
+  _, m_all = apd.loss(comps, params, x, None, apply=_relu_mlp, cfg=cfg_all)
+  pre = jnp.einsum("bij,bj->bi", w1_b, x)
+  out2 = jnp.einsum("bij,bj->bi", lowrank.masked_total(comps["w2"], mask), jax.nn.relu(pre))
+  t2 = jax.nn.relu(x @ params["w1"].T) @ params["w2"].T
+  want = jnp.mean(jnp.sum((pre - x @ params["w1"].T) ** 2, -1) + jnp.sum((out2 - t2) ** 2, -1))
+  np.testing.assert_allclose(m_all["act_recon"], want / 9, rtol=1e-10)

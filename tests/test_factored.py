@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from paramdecomp import pytree
-from paramdecomp.factored import apply_factored
+from paramdecomp.factored import apply_factored, trace_matmuls
 from paramdecomp.lowrank import LowRank
 from toy_models import tms
 
@@ -68,3 +68,30 @@ def test_vmapped_per_sample_scales_equal_per_sample_dense():
   for b in range(6):
     w = base._replace(g=g[b]).dense()
     np.testing.assert_allclose(got[b], tms.apply({**params, "W": w}, x[b:b + 1])[0], rtol=1e-10)
+
+
+def test_trace_matmuls_reports_inputs_outputs_and_orientation():
+  ks = jax.random.split(jax.random.PRNGKey(5), 3)
+  params = {"W": jax.random.normal(ks[0], (3, 5)), "K": jax.random.normal(ks[1], (3, 2))}
+  x = jax.random.normal(ks[2], (4, 5))
+
+  def apply(p, x):  # W used twice (tied, once transposed); K as a Flax kernel inside a jit
+    h = x @ p["W"].T
+    r = jax.jit(lambda k, h: jnp.tanh(h) @ k)(p["K"], h)
+    return h @ p["W"], r
+
+  low = LowRank(jax.random.normal(ks[0], (3, 2)), jax.random.normal(ks[1], (5, 2)))
+  for factors in ({}, {"W": low}):
+    w = factors["W"].dense() if factors else params["W"]
+    (y, r), uses = trace_matmuls(apply, params, factors, x, ["W", "K"])
+    h = x @ w.T
+    np.testing.assert_allclose(y, h @ w, rtol=1e-10)
+    (u1, u2), (uk,) = uses["W"], uses["K"]
+    assert (u1.axis, u2.axis, uk.axis) == (1, 0, 0)
+    np.testing.assert_allclose(u1.act, x, rtol=1e-12)
+    np.testing.assert_allclose(u1.out, h, rtol=1e-10)
+    np.testing.assert_allclose(u2.act, h, rtol=1e-12)
+    np.testing.assert_allclose(uk.act, jnp.tanh(h), rtol=1e-12)
+    np.testing.assert_allclose(uk.out, r, rtol=1e-10)
+  with pytest.raises(KeyError, match="cannot watch"):
+    trace_matmuls(apply, params, {}, x, ["V"])

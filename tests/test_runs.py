@@ -73,6 +73,17 @@ def test_killed_run_resumes_bit_identical(target_dir, tmp_path):
   assert len(a) == len(b) and len(a) > 4
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
+  # re-analysing the final checkpoint reproduces the run's own summary
+  with open(os.path.join(full, "summary.json")) as f:
+    summary = json.load(f)
+  # (a subprocess: the tests run with x64 on, the run itself did not)
+  subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "analyse_run.py"),
+                  f"--workdir={full}"], check=True, capture_output=True)
+  with open(os.path.join(full, f"analysis_{steps}", "summary.json")) as f:
+    again = json.load(f)
+  assert again["step"] == steps
+  for k in ("loss", "faithfulness", "minimality", "mmcs", "ml2r", "component_use"):
+    assert again[k] == summary[k], k
 
 
 def test_existing_run_is_never_overwritten_and_missing_checkpoints_are_named(target_dir,

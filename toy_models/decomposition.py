@@ -14,7 +14,7 @@ from paramdecomp import apd, figures, lowrank, schedules, sharding, train
 from paramdecomp import config as cfglib
 from paramdecomp.checkpoint import Checkpointer, save_json
 from paramdecomp.metrics import mmcs_ml2r
-from toy_models import tms
+from toy_models import resid_mlp_apd, tms
 from toy_models.training import batch, load_target, model_module
 
 METHODS = {"apd": apd}
@@ -32,6 +32,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.run = ml_collections.ConfigDict(dict(log_every=1000, steps_per_dispatch=100,
                                          checkpoint_every=5000))
   c.run.mesh = ml_collections.ConfigDict(dict(data=1, components=1))  # devices per axis
+  # the model's analyses after training (ResidMLP, §1.9): samples per test, component cutoff
+  c.analysis = ml_collections.ConfigDict(dict(n_samples=20_000, batch_size=256, cutoff=0.1))
   return c
 
 
@@ -43,12 +45,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cfglib.one_of(c, "optim.schedule", schedules.KINDS)
   cfglib.positive(c, "batch_size", "optim.lr", "optim.steps", "run.steps_per_dispatch")
   cfglib.require(bool(c.target_dir), "target_dir", "is empty; name a scripts/train_toy.py run")
-  cfglib.positive(c, "run.mesh.data", "run.mesh.components")
+  cfglib.positive(c, "run.mesh.data", "run.mesh.components", "analysis.n_samples",
+                  "analysis.batch_size")
   cfglib.require(c.batch_size % c.run.mesh.data == 0, "batch_size",
                  f"{c.batch_size} does not divide over run.mesh.data={c.run.mesh.data} devices")
   cfglib.require(c[c.method].C % c.run.mesh.components == 0, "run.mesh.components",
                  f"C={c[c.method].C} components do not divide over {c.run.mesh.components} "
                  "devices")
+
+
+def optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return optax.adam(schedules.lr_schedule(c.optim.lr, c.optim.steps, c.optim.warmup_pct,
+                                          c.optim.schedule, c.optim.halflife))
 
 
 def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:
@@ -69,9 +77,7 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
 
   key = jax.random.PRNGKey(c.seed)
   comps = method.init(jax.random.fold_in(key, 0), params, mcfg)
-  sched = schedules.lr_schedule(c.optim.lr, c.optim.steps, c.optim.warmup_pct, c.optim.schedule,
-                                c.optim.halflife)
-  opt = optax.adam(sched)
+  opt = optimizer(c)
   state = train.init_state(comps, opt, jax.random.fold_in(key, 1))
   if mesh is not None:  # before any restore, so a checkpoint lands on this run's mesh
     state, params = sharding.shard_state(mesh, state), sharding.replicate(mesh, params)
@@ -84,13 +90,39 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
                     checkpoint_every=c.run.checkpoint_every, checkpointer=ck, name=c.method)
   ck.close()
   summary = summarize(mod.apply, params, sharding.gather(state.params), mcfg, batch_fn, key,
-                      tcfg, workdir)
+                      tcfg, workdir, c.analysis)
   save_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 
-def summarize(apply, params, comps, mcfg, batch_fn, key, tcfg, workdir) -> dict:
-  """Final losses on a fresh batch, and for TMS the MMCS/ML2R and the arrow figure."""
+def analyse_checkpoint(workdir: str, step: int | None = None) -> dict:
+  """`summarize` a saved step (default: the latest) of a decomposition run into
+  <workdir>/analysis_<step>/ (summary.json and figures), e.g. while the run goes on."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    c = ml_collections.ConfigDict(json.load(f))
+  validate(c)
+  tcfg, params = load_target(c.target_dir)
+  mod = model_module(tcfg.model.kind)
+  method, mcfg = METHODS[c.method], c[c.method]
+  key = jax.random.PRNGKey(c.seed)
+  like = method.init(jax.random.fold_in(key, 0), params, mcfg)
+  opt = optimizer(c)
+  ck = Checkpointer(workdir)
+  step = ck.latest_step() if step is None else step
+  state = ck.restore(train.init_state(like, opt, key), step)
+  ck.close()
+  out_dir = os.path.join(workdir, f"analysis_{step}")
+  os.makedirs(out_dir, exist_ok=True)
+  summary = summarize(mod.apply, params, state.params, mcfg,
+                      lambda k: batch(k, tcfg, c.batch_size), key, tcfg, out_dir, c.analysis)
+  summary["step"] = int(step)
+  save_json(os.path.join(out_dir, "summary.json"), summary)
+  return summary
+
+
+def summarize(apply, params, comps, mcfg, batch_fn, key, tcfg, workdir, acfg) -> dict:
+  """Final losses on a fresh batch; for TMS the MMCS/ML2R and the arrow figure, for ResidMLP
+  the paper's analyses and figures (`toy_models.resid_mlp_apd`)."""
   x = batch_fn(jax.random.fold_in(key, 2))
   total, metrics = jax.jit(lambda cp, p, x: apd.loss(cp, p, x, None, apply=apply, cfg=mcfg))(
       comps, params, x)
@@ -109,5 +141,8 @@ def summarize(apply, params, comps, mcfg, batch_fn, key, tcfg, workdir) -> dict:
       out["figure"] = figures.tms_arrows(
           np.asarray(w), np.asarray(mats), os.path.join(workdir, "tms_components.png"),
           title=f"APD on TMS {w.shape[1]}-{w.shape[0]}: MMCS {mmcs:.3f}, ML2R {ml2r:.3f}")
+  if tcfg.model.kind == "resid_mlp":
+    out.update(resid_mlp_apd.analyse(params, comps, mcfg, tcfg, jax.random.fold_in(key, 3),
+                                     workdir, acfg.n_samples, acfg.batch_size, acfg.cutoff))
   logging.info("summary: %s", json.dumps(out))
   return out

@@ -70,13 +70,15 @@ def response(params: dict, feature: int, values: jax.Array) -> jax.Array:
   return apply(params, x)[:, feature]
 
 
-def neuron_contributions(params: dict, feature: int) -> jax.Array:
-  """[total neurons] (W_U[i] W_out) * (W_in W_E[:, i]) over all layers' neurons (§0.5)."""
-  w_e = params["W_E"]
+def neuron_contributions(params: dict, feature: int, relu: bool = False) -> jax.Array:
+  """[total neurons] (W_U[i] W_out) * (W_in W_E[:, i]) over all layers' neurons (§0.5); with
+  `relu` the neuron's input passes its ReLU (the contribution to output i of the input e_i)."""
+  w_e = params["W_E"][:, feature]
   out = []
   for i in range(len(params["layers"])):
     layer = params["layers"][str(i)]
-    out.append((w_e[:, feature] @ layer["W_out"]) * (layer["W_in"] @ w_e[:, feature]))
+    pre = layer["W_in"] @ w_e
+    out.append((w_e @ layer["W_out"]) * (jax.nn.relu(pre) if relu else pre))
   return jnp.concatenate(out)
 
 
