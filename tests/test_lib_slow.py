@@ -1,6 +1,6 @@
 """LIB reproductions (METHODS.md §5.6). Slow: `make test-slow`; the modular-addition one trains
-the transformer (~4-5 min) and runs the full build with edge bisections (~25-35 min on 2 busy
-cores), the digits one takes ~4 min."""
+the transformer and runs the full build with edge bisections (33 min measured on the 2 shared
+cores at load 7-10), the digits one 2 min."""
 import json
 import os
 import subprocess
