@@ -290,6 +290,9 @@ def test_edge_modes_agree_and_functional_rows_sum_to_output_power():
   rev = lib.build_edges(seq, ps, bases, x, _cfg(center=True, edge_mode="reverse"))
   for a, b in zip(fwd, rev):
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+  # one output position: random signs over output positions are exact
+  sto = lib.build_edges(seq, ps, bases, x, _cfg(center=True, edge_stochastic_sources=3))
+  np.testing.assert_allclose(sto[1], fwd[1], rtol=1e-9, atol=1e-12)
   # a linear section: functional edges of output i sum over inputs to E[F̂_i²]
   seq_l, ps_l, x_l = _chain([5, 4])
   bl = lib.build_bases(seq_l, ps_l, x_l, _cfg())
