@@ -40,6 +40,50 @@ def _save(fig, path: str, title: str = "") -> str:
   return path
 
 
+def ablation_curves(curves: dict, path: str, key: str = "accuracy", title: str = "",
+                    threshold: float | None = None) -> str:
+  """Score vs number of kept directions, one line per basis. curves: {basis: [{n_kept, key}]}."""
+  fig, ax = plt.subplots(figsize=(5, 3.4))
+  for name, rows in curves.items():
+    rows = sorted(rows, key=lambda r: r["n_kept"])
+    ax.plot([r["n_kept"] for r in rows], [r[key] for r in rows], marker=".", label=name)
+  if threshold is not None:
+    ax.axhline(threshold, color="grey", lw=0.8, ls="--")
+  ax.set_xscale("symlog", linthresh=10)
+  ax.set_xlabel("directions kept (of the node's original dimension)")
+  ax.set_ylabel(key)
+  ax.legend(fontsize=8)
+  return _save(fig, path, title)
+
+
+def interaction_graph(edges: list, names: list, path: str, max_nodes: int = 30,
+                      max_edges: int = 200, title: str = "", skip_const: list | None = None) -> str:
+  """Layered graph: node layer l in column l with its first `max_nodes` features (most important
+  first, top), edges E^l [k_out, k_in] drawn with width and opacity ∝ E / max E^l (the strongest
+  `max_edges` per layer). skip_const[l]: number of leading (constant) features not drawn."""
+  skip_const = skip_const or [0] * len(names)
+  sizes = [e.shape[1] for e in edges] + [edges[-1].shape[0]]
+  shown = [min(s - c, max_nodes) for s, c in zip(sizes, skip_const)]
+  fig, ax = plt.subplots(figsize=(2.2 * len(names) + 1, 6))
+  ypos = lambda n, i: 1 - (i + 0.5) / max(n, 1)  # noqa: E731
+  for l, e in enumerate(edges):
+    ci, co = skip_const[l], skip_const[l + 1]
+    sub = np.asarray(e)[co:co + shown[l + 1], ci:ci + shown[l]]
+    if sub.size == 0 or sub.max() <= 0:
+      continue
+    w = sub / sub.max()
+    flat = np.argsort(-w.ravel())[:max_edges]
+    for f in flat:
+      i, j = divmod(int(f), sub.shape[1])
+      ax.plot([l, l + 1], [ypos(shown[l], j), ypos(shown[l + 1], i)], color="C0",
+              lw=0.2 + 3 * w[i, j], alpha=float(min(1.0, 0.1 + w[i, j])))
+  for l, n in enumerate(shown):
+    ax.scatter([l] * n, [ypos(n, i) for i in range(n)], s=12, color="k", zorder=3)
+  ax.set_xticks(range(len(names)), names)
+  ax.set_yticks([])
+  return _save(fig, path, title)
+
+
 def response_curves(values: np.ndarray, curves: np.ndarray, feature: int, path: str) -> str:
   """Target output i for the input x e_i against the label 2x: feature `feature`, then all.
 

@@ -6,6 +6,10 @@
 TMS: reports how many features the target represents. ResidMLP: writes target_report.json (MSE
 vs the monosemantic baseline, response of each output to its own feature at x = 1). The x^2 MLP
 (L3D's TM4): writes target_report.json (per-feature error of x_j -> x_j^2).
+Classifiers (modadd, digits_mlp): writes target_report.json with train and test loss and accuracy.
+
+  python scripts/train_toy.py --config=scripts/configs/modadd.py --workdir=runs/modadd
+  python scripts/train_toy.py --config=scripts/configs/digits_mlp.py --workdir=runs/digits
 """
 import json
 import os
@@ -16,7 +20,8 @@ import jax
 from paramdecomp.checkpoint import save_json
 from paramdecomp.cli import define_run_flags, setup_logging
 from toy_models import resid_mlp, squares, tms
-from toy_models.training import model_apply, train_target
+from toy_models.training import (evaluate_classifier, is_classifier, model_apply, model_module,
+                                 train_target)
 
 _CONFIG, _WORKDIR, _RESUME = define_run_flags("Target")
 
@@ -35,6 +40,13 @@ def main(argv):
       dead = [int(i) for i in (~alive).nonzero()[0]]
       print(f"WARNING: features {dead} are dead (embedding norm < 0.5): this target is a "
             "poor subject for decomposition; try another --config.seed", flush=True)
+  elif is_classifier(model_module(c.model.kind)):
+    mod = model_module(c.model.kind)
+    ds = mod.dataset(c)
+    rep = {split: evaluate_classifier(mod, params, ds[f"{split}_x"], ds[f"{split}_y"])
+           for split in ("train", "test")}
+    save_json(os.path.join(_WORKDIR.value, "target_report.json"), rep)
+    print(json.dumps(rep, indent=2), flush=True)
   elif c.model.kind == "resid_mlp":
     rep = resid_mlp.report(params, c.data.p, jax.random.PRNGKey(c.seed + 2))
     save_json(os.path.join(_WORKDIR.value, "target_report.json"), rep)

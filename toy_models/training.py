@@ -15,9 +15,10 @@ from paramdecomp import schedules
 from paramdecomp import train
 from paramdecomp.checkpoint import (Checkpointer, MissingCheckpointError, load_on_one_device,
                                     save_json)
-from toy_models import circuits, data, resid_mlp, squares, tms
+from toy_models import circuits, data, digits_mlp, modadd, resid_mlp, squares, tms
 
-MODELS = {"tms": tms, "resid_mlp": resid_mlp, "circuits": circuits, "squares": squares}
+MODELS = {"tms": tms, "resid_mlp": resid_mlp, "circuits": circuits, "squares": squares,
+          "modadd": modadd, "digits_mlp": digits_mlp}
 
 
 def model_module(kind: str):
@@ -47,7 +48,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(p=0.05, lo=0.0, hi=1.0, batch_size=1024,
                                           reject_zero=False, group_size=1, random_sign=False))
   c.optim = ml_collections.ConfigDict(dict(lr=5e-3, weight_decay=0.01, steps=5000,
-                                           schedule="constant", warmup_pct=0.0))
+                                           schedule="constant", warmup_pct=0.0, b1=0.9,
+                                           b2=0.999))
   c.run = ml_collections.ConfigDict(dict(log_every=1000, steps_per_dispatch=500,
                                          checkpoint_every=0))
   return c
@@ -55,11 +57,39 @@ def default_config() -> ml_collections.ConfigDict:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   schema = default_config()
-  schema.model = model_module(c.model.kind).model_config()
+  mod = model_module(c.model.kind)
+  schema.model = mod.model_config()
+  if is_classifier(mod):
+    schema.data = mod.data_config()
   cfglib.check_fields(c, schema)
   cfglib.positive(c, "data.batch_size", "optim.lr", "optim.steps", "run.steps_per_dispatch")
-  cfglib.require(0 < c.data.p <= 1, "data.p", f"must be in (0, 1], got {c.data.p}")
+  if is_classifier(mod):
+    cfglib.require(0 < c.data.train_frac <= 1, "data.train_frac",
+                   f"must be in (0, 1], got {c.data.train_frac}")
+  else:
+    cfglib.require(0 < c.data.p <= 1, "data.p", f"must be in (0, 1], got {c.data.p}")
   cfglib.one_of(c, "optim.schedule", schedules.KINDS)
+
+
+def is_classifier(mod) -> bool:
+  """Classifiers train on a fixed dataset (`mod.dataset(c)`) with cross-entropy."""
+  return getattr(mod, "TASK", "") == "classify"
+
+
+def classifier_metrics(logits: jax.Array, y: jax.Array) -> dict:
+  """Mean cross-entropy and accuracy of logits [B, K] against integer labels [B]."""
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  return {"loss": jnp.mean(loss), "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+
+
+def evaluate_classifier(mod, params, x, y, chunk: int = 4096) -> dict:
+  """Loss and accuracy of a classifier over a whole split (chunks of `chunk` samples)."""
+  apply = jax.jit(mod.apply)
+  tot, n = {"loss": 0.0, "accuracy": 0.0}, x.shape[0]
+  for i in range(0, n, chunk):
+    m = classifier_metrics(apply(params, x[i:i + chunk]), y[i:i + chunk])
+    tot = {k: tot[k] + float(m[k]) * min(chunk, n - i) for k in tot}
+  return {k: v / n for k, v in tot.items()}
 
 
 def batch(key, c: ml_collections.ConfigDict, batch_size: int | None = None) -> jax.Array:
@@ -81,13 +111,26 @@ def train_target(c: ml_collections.ConfigDict, workdir: str, resume: bool = Fals
   apply = model_apply(c.model)
   frozen = {k: params.pop(k) for k in mod.FROZEN if k in params}
 
-  def loss_fn(p, fz, key):
-    x = batch(key, c)
-    full = {**p, **fz}
-    return jnp.mean((apply(full, x) - labels(mod, full, x)) ** 2), {}
+  if is_classifier(mod):
+    ds = mod.dataset(c)
+    frozen = (frozen, {"x": jnp.asarray(ds["train_x"]), "y": jnp.asarray(ds["train_y"])})
+    n_train = ds["train_x"].shape[0]
+    cfglib.require(c.data.batch_size <= n_train, "data.batch_size",
+                   f"{c.data.batch_size} exceeds the {n_train} training samples")
+
+    def loss_fn(p, fz, key):
+      fz, d = fz
+      idx = jax.random.choice(key, n_train, (c.data.batch_size,), replace=False)
+      m = classifier_metrics(mod.apply({**p, **fz}, d["x"][idx]), d["y"][idx])
+      return m["loss"], {"accuracy": m["accuracy"]}
+  else:
+    def loss_fn(p, fz, key):
+      x = batch(key, c)
+      full = {**p, **fz}
+      return jnp.mean((apply(full, x) - labels(mod, full, x)) ** 2), {}
 
   sched = schedules.lr_schedule(c.optim.lr, c.optim.steps, c.optim.warmup_pct, c.optim.schedule)
-  opt = optax.adamw(sched, weight_decay=c.optim.weight_decay)
+  opt = optax.adamw(sched, b1=c.optim.b1, b2=c.optim.b2, weight_decay=c.optim.weight_decay)
   state = train.init_state(params, opt, jax.random.PRNGKey(c.seed + 1))
   ck = Checkpointer(workdir)
   state = ck.start(state, resume)
@@ -97,7 +140,7 @@ def train_target(c: ml_collections.ConfigDict, workdir: str, resume: bool = Fals
                     steps_per_dispatch=c.run.steps_per_dispatch,
                     checkpoint_every=c.run.checkpoint_every, checkpointer=ck, name="target")
   ck.close()
-  params = {**state.params, **frozen}
+  params = {**state.params, **(frozen[0] if is_classifier(mod) else frozen)}
   save_target(workdir, c, params)
   return params
 
