@@ -112,7 +112,8 @@ def flat(blocks_: dict[str, jax.Array]) -> jax.Array:
   return jnp.concatenate([b.reshape(b.shape[0], -1) for b in blocks_.values()], axis=1)
 
 
-def _flat_batch(tree: dict[str, jax.Array]) -> jax.Array:
+def flat_batch(tree: dict[str, jax.Array]) -> jax.Array:
+  """[B, n_w] per-sample tensors {path: [B, *shape]} flattened and concatenated (path order)."""
   return jnp.concatenate([g.reshape(g.shape[0], -1) for g in tree.values()], axis=1)
 
 
@@ -264,7 +265,7 @@ def coefficients(apply, params, enc: dict[str, Tucker], x, y0, y_ref, cfg,
   """[B, n_v] c_ik = <V_in_k, g_i>, by `jvp` ('forward') or from explicit gradients."""
   if path == "forward":
     return directional(apply, params, x, y0, y_ref, blocks(enc), cfg)
-  g = _flat_batch(gradients(apply, params, x, y0, y_ref, list(enc), cfg))
+  g = flat_batch(gradients(apply, params, x, y0, y_ref, list(enc), cfg))
   return g @ flat(blocks(enc)).T
 
 
@@ -281,7 +282,7 @@ def loss_from_outputs(state: dict, params, x, y0, y_ref, *, apply: Callable, cfg
   enc_b, dec_b = blocks(state["enc"]), blocks(state["dec"])
   v_out = flat(dec_b)                                           # [K, n_w]
   if path == "explicit":
-    g = _flat_batch(gradients(apply, params, x, y0, y_ref, paths, cfg))  # [B, n_w]
+    g = flat_batch(gradients(apply, params, x, y0, y_ref, paths, cfg))  # [B, n_w]
     c = g @ flat(enc_b).T
     mask = sparsity.fraction_topk_mask(jnp.abs(c), cfg.topk)
     g_hat = (c * mask) @ v_out
