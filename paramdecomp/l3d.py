@@ -274,7 +274,8 @@ def loss_from_outputs(state: dict, params, x, y0, y_ref, *, apply: Callable, cfg
   """(normalised reconstruction loss, metrics) for given target outputs and references.
 
   L = sum_i ||g_i - g_hat_i||^2 / (sum_i ||g_i||^2 + 1e-10) (§3.3), by `path` ('explicit' or
-  'forward'; default: `choose_path`). metrics['mask'] is the [B, n_v] top-k mask.
+  'forward'; default: `choose_path`). metrics['mask'] is the [B, n_v] top-k mask; 'err' and
+  'total' the loss's numerator and denominator (to pool over several batches).
   """
   paths = list(state["dec"])
   n_w = sum(w.size for w in pytree.get(params, paths).values())
@@ -302,7 +303,8 @@ def loss_from_outputs(state: dict, params, x, y0, y_ref, *, apply: Callable, cfg
   else:
     raise ValueError(f"unknown path {path!r}; use 'explicit' or 'forward'")
   loss = err / (total + LOSS_EPS)
-  return loss, {"active": jnp.mean(jnp.sum(mask, axis=1)), "mask": mask, "coeffs": c}
+  return loss, {"active": jnp.mean(jnp.sum(mask, axis=1)), "mask": mask, "coeffs": c,
+                "err": err, "total": total}
 
 
 def loss(state: dict, params, x: jax.Array, key, *, apply: Callable, cfg, path: str | None = None):

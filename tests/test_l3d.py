@@ -447,6 +447,8 @@ def test_decompose_l3d_runner_writes_summary_and_figures(tmp_path):
   d.run.update(dict(log_every_epochs=1, checkpoint_every_epochs=1))
   s = dec.decompose(d, str(tmp_path / "d"))
   assert 0 < s["recon_train"] < 2 and len(s["p_act"]) == 5
+  # same held-out samples and references: no n_v directions do better than the bound
+  assert 0 < s["recon_bound_heldout"] <= s["recon_heldout_pooled"] + 1e-6
   assert s["tms"]["distinct_matches"] <= 5 and len(s["specificity"]) == 5
   for f in s["figures"]:
     assert os.path.getsize(f) > 1000

@@ -140,21 +140,32 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
 
 
 def summarize(apply, params, state, c, tcfg, raw, data, key, workdir) -> dict:
-  """Reconstruction error (training set and held-out; and on held-out the lower bound for any n_v
-  subnetworks, `l3d_measures.reconstruction_bound`), P_act, per-model recovery metrics and the
+  """Reconstruction error (training set and held-out: the mean of the per-batch losses, and pooled
+  over all batches; on held-out also the lower bound for the pooled loss of any n_v subnetworks,
+  `l3d_measures.reconstruction_bound`), P_act, per-model recovery metrics and the
   figures (subnetwork weights next to the target's; perturbation sweeps)."""
   cfg = c.l3d
   held = batch(jax.random.fold_in(key, 4), tcfg, c.n_eval)
-  loss_fn = jax.jit(lambda s, p, x, k: l3d.loss(s, p, x, k, apply=apply, cfg=cfg)[0])
 
-  def mean_loss(xs, k):
+  @jax.jit
+  def loss_fn(s, p, x, k):
+    y0 = apply(p, x)
+    _, m = l3d.loss_from_outputs(s, p, x, y0, l3d.references(k, y0, cfg.reference, cfg.sequence),
+                                 apply=apply, cfg=cfg)
+    return m["err"], m["total"]
+
+  def losses(xs, k):
+    """(mean of the per-batch losses, the loss pooled over all batches)."""
     nb = xs.shape[0] // c.batch_size
     ks = jax.random.split(k, nb)
-    return float(np.mean([loss_fn(state, params, xs[i * c.batch_size:(i + 1) * c.batch_size],
-                                  ks[i]) for i in range(nb)]))
+    et = np.array([loss_fn(state, params, xs[i * c.batch_size:(i + 1) * c.batch_size], ks[i])
+                   for i in range(nb)], dtype=np.float64)
+    return (float(np.mean(et[:, 0] / (et[:, 1] + l3d.LOSS_EPS))),
+            float(et[:, 0].sum() / (et[:, 1].sum() + l3d.LOSS_EPS)))
 
-  out = {"recon_train": mean_loss(data, jax.random.fold_in(key, 5)),
-         "recon_heldout": mean_loss(held, jax.random.fold_in(key, 6))}
+  out = {}
+  out["recon_train"], out["recon_train_pooled"] = losses(data, jax.random.fold_in(key, 5))
+  out["recon_heldout"], out["recon_heldout_pooled"] = losses(held, jax.random.fold_in(key, 6))
   n_w = sum(w.size for w in pytree.get(params, list(state["dec"])).values())
   if c.n_eval * n_w <= BOUND_MAX_ENTRIES:  # no n_v subnetworks can beat it, top-k or not
     out["recon_bound_heldout"] = ms.reconstruction_bound(
