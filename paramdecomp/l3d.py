@@ -112,7 +112,8 @@ def flat(blocks_: dict[str, jax.Array]) -> jax.Array:
   return jnp.concatenate([b.reshape(b.shape[0], -1) for b in blocks_.values()], axis=1)
 
 
-def _flat_batch(tree: dict[str, jax.Array]) -> jax.Array:
+def flat_batch(tree: dict[str, jax.Array]) -> jax.Array:
+  """[B, n_w] per-sample tensors {path: [B, *shape]} flattened and concatenated (path order)."""
   return jnp.concatenate([g.reshape(g.shape[0], -1) for g in tree.values()], axis=1)
 
 
@@ -264,7 +265,7 @@ def coefficients(apply, params, enc: dict[str, Tucker], x, y0, y_ref, cfg,
   """[B, n_v] c_ik = <V_in_k, g_i>, by `jvp` ('forward') or from explicit gradients."""
   if path == "forward":
     return directional(apply, params, x, y0, y_ref, blocks(enc), cfg)
-  g = _flat_batch(gradients(apply, params, x, y0, y_ref, list(enc), cfg))
+  g = flat_batch(gradients(apply, params, x, y0, y_ref, list(enc), cfg))
   return g @ flat(blocks(enc)).T
 
 
@@ -273,7 +274,8 @@ def loss_from_outputs(state: dict, params, x, y0, y_ref, *, apply: Callable, cfg
   """(normalised reconstruction loss, metrics) for given target outputs and references.
 
   L = sum_i ||g_i - g_hat_i||^2 / (sum_i ||g_i||^2 + 1e-10) (§3.3), by `path` ('explicit' or
-  'forward'; default: `choose_path`). metrics['mask'] is the [B, n_v] top-k mask.
+  'forward'; default: `choose_path`). metrics['mask'] is the [B, n_v] top-k mask; 'err' and
+  'total' the loss's numerator and denominator (to pool over several batches).
   """
   paths = list(state["dec"])
   n_w = sum(w.size for w in pytree.get(params, paths).values())
@@ -281,7 +283,7 @@ def loss_from_outputs(state: dict, params, x, y0, y_ref, *, apply: Callable, cfg
   enc_b, dec_b = blocks(state["enc"]), blocks(state["dec"])
   v_out = flat(dec_b)                                           # [K, n_w]
   if path == "explicit":
-    g = _flat_batch(gradients(apply, params, x, y0, y_ref, paths, cfg))  # [B, n_w]
+    g = flat_batch(gradients(apply, params, x, y0, y_ref, paths, cfg))  # [B, n_w]
     c = g @ flat(enc_b).T
     mask = sparsity.fraction_topk_mask(jnp.abs(c), cfg.topk)
     g_hat = (c * mask) @ v_out
@@ -301,7 +303,8 @@ def loss_from_outputs(state: dict, params, x, y0, y_ref, *, apply: Callable, cfg
   else:
     raise ValueError(f"unknown path {path!r}; use 'explicit' or 'forward'")
   loss = err / (total + LOSS_EPS)
-  return loss, {"active": jnp.mean(jnp.sum(mask, axis=1)), "mask": mask, "coeffs": c}
+  return loss, {"active": jnp.mean(jnp.sum(mask, axis=1)), "mask": mask, "coeffs": c,
+                "err": err, "total": total}
 
 
 def loss(state: dict, params, x: jax.Array, key, *, apply: Callable, cfg, path: str | None = None):

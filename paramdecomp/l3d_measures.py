@@ -117,3 +117,27 @@ def feature_of_subnet(impacts: jax.Array, x: jax.Array) -> jax.Array:
   act = (x != 0).astype(impacts.dtype)                                # [B, F]
   mean = (impacts.T @ act) / jnp.maximum(jnp.sum(act, axis=0), 1)   # [K, F]
   return jnp.argmax(mean, axis=1)
+
+
+def reconstruction_bound(apply: Callable, params, paths: Sequence[str], x: jax.Array, key, cfg,
+                         batch_size: int, ranks: Sequence[int]) -> list[float]:
+  """Lower bounds on the pooled reconstruction loss of any r subnetworks, for r in `ranks`.
+
+  Per-sample gradients of x [N, ...] (references drawn per batch of `batch_size` as in training,
+  a remainder dropped) are stacked into G [N', n_w]; the bound for r is the share of ||G||_F^2
+  outside G's top-r singular directions: r unit decoder rows with the best coefficients and no
+  top-k or Tucker constraint cannot do better (pooled over all of x rather than per batch). It
+  says whether a reconstruction target is reachable at all for a given object (§3.1) and data.
+  Materialises G: for small (toy) models only.
+  """
+  nb = x.shape[0] // batch_size
+  keys = jax.random.split(key, nb)
+  gs = []
+  for i in range(nb):
+    xb = x[i * batch_size:(i + 1) * batch_size]
+    y0 = jax.lax.stop_gradient(apply(params, xb))
+    y_ref = l3d.references(keys[i], y0, cfg.reference, cfg.sequence)
+    gs.append(l3d.flat_batch(l3d.gradients(apply, params, xb, y0, y_ref, list(paths), cfg)))
+  s2 = jnp.linalg.svd(jnp.concatenate(gs), compute_uv=False) ** 2
+  tot = jnp.sum(s2) + l3d.LOSS_EPS
+  return [float(jnp.sum(s2[r:]) / tot) for r in ranks]

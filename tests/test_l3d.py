@@ -447,8 +447,54 @@ def test_decompose_l3d_runner_writes_summary_and_figures(tmp_path):
   d.run.update(dict(log_every_epochs=1, checkpoint_every_epochs=1))
   s = dec.decompose(d, str(tmp_path / "d"))
   assert 0 < s["recon_train"] < 2 and len(s["p_act"]) == 5
+  # same held-out samples and references: no n_v directions do better than the bound
+  assert 0 < s["recon_bound_heldout"] <= s["recon_heldout_pooled"] + 1e-6
   assert s["tms"]["distinct_matches"] <= 5 and len(s["specificity"]) == 5
   for f in s["figures"]:
     assert os.path.getsize(f) > 1000
   with pytest.raises(FileExistsError):
     dec.decompose(d, str(tmp_path / "d"))
+
+
+def test_reconstruction_bound_is_the_loss_of_the_best_unconstrained_subnetworks():
+  """The bound for r equals the loss of encoder = decoder = G's top-r right singular vectors with
+  every coefficient kept (one batch, so pooling agrees), and no state does better."""
+  apply = lambda p, x: jnp.tanh(x * p["w"] + p["b"])
+  params = {"w": jnp.linspace(0.5, 1.5, 4), "b": jnp.linspace(-0.2, 0.3, 4)}
+  x = jax.random.uniform(jax.random.PRNGKey(0), (32, 4))
+  cfg, key = _cfg(n_subnets=3, rank=1, topk=1.0), jax.random.PRNGKey(1)
+  b0, b3, b8 = ms.reconstruction_bound(apply, params, ["w", "b"], x, key, cfg, 32, (0, 3, 8))
+  assert abs(b0 - 1) < 1e-9 and b8 < 1e-9 and 1e-3 < b3 < 1
+  y0 = apply(params, x)
+  y_ref = l3d.references(jax.random.split(key, 1)[0], y0)
+  g = l3d.flat_batch(l3d.gradients(apply, params, x, y0, y_ref, ["w", "b"], cfg))
+  v = jnp.linalg.svd(g, full_matrices=False)[2][:3]                # [3, n_w] in path order w, b
+  tucker = lambda m: l3d.Tucker(jnp.ones((3, 1)), (m[:, None, :],))
+  best = {"w": tucker(v[:, :4]), "b": tucker(v[:, 4:])}
+  val, _ = l3d.loss_from_outputs({"enc": best, "dec": best}, params, x, y0, y_ref, apply=apply,
+                                 cfg=cfg, path="explicit")
+  np.testing.assert_allclose(val, b3, rtol=1e-6)
+  rnd = l3d.init(jax.random.PRNGKey(2), params, cfg)
+  val, _ = l3d.loss_from_outputs(rnd, params, x, y0, y_ref, apply=apply, cfg=cfg)
+  assert float(val) > b3
+
+
+def test_decomposition_data_zero_rows_option():
+  from toy_models import l3d_decomposition as dec
+  d = dec.default_config()
+  t1 = training.default_config()
+  t1.model = tms.model_config(5, 2)
+  t1.data.update(dict(p=0.05, reject_zero=True))
+  for mode, frac in (("target", (0.0, 0.0)), ("reject", (0.0, 0.0)), ("keep", (0.70, 0.84))):
+    d.zero_rows = mode
+    x = training.batch(jax.random.PRNGKey(0), dec.data_config(d, t1), 2000)
+    zero = float(np.mean(np.all(np.asarray(x) == 0, axis=1)))  # keep: 0.95^5 = 0.774
+    assert frac[0] <= zero <= frac[1], (mode, zero)
+  assert t1.data.reject_zero  # the target's config is left alone
+  d.zero_rows = "keep"
+  with pytest.raises(ConfigError, match="zero_rows"):
+    t1.data.group_size = 5
+    dec.data_config(d, t1)
+  d.zero_rows = "never"
+  with pytest.raises(ConfigError, match="zero_rows"):
+    dec.validate(d)

@@ -2,8 +2,9 @@
 (about 2 min per toy on 2 cores: target training 30-60 s, 1000-epoch decomposition 25-55 s).
 
 Targets not reached by the current code are xfail with the measured value in the reason (see
-README, "L3D reproductions"), so that the suite reports them rather than hides them: an xpass
-means the gap closed.
+README, "L3D toys"), so that the suite reports them rather than hides them: an xpass means the
+gap closed. TM1 and TM2 also run with the decomposition data's all-zero rows kept
+(`zero_rows=keep`).
 """
 import json
 import os
@@ -19,30 +20,41 @@ CONFIGS = os.path.join(ROOT, "scripts", "configs")
 SEEDS = {"tm1": 3, "tm2": 0, "tm3": 0, "tm4": 1, "tm4-code": 0}
 
 
-def _run(tmp_path_factory, variant):
+def _target(tmp_path_factory, variant):
   d = tmp_path_factory.mktemp(variant)
   subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train_toy.py"),
                   f"--config={os.path.join(CONFIGS, 'l3d_toys.py')}:{variant}",
                   f"--config.seed={SEEDS[variant]}", f"--workdir={d / 'target'}"],
                  check=True, cwd=ROOT, capture_output=True)
+  return d / "target"
+
+
+def _decompose(tmp_path_factory, variant, target, extra):
+  d = tmp_path_factory.mktemp(variant + "_dec")
   subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "decompose_l3d.py"),
                   f"--config={os.path.join(CONFIGS, 'l3d_decompose.py')}:{variant}",
-                  f"--config.target_dir={d / 'target'}", f"--workdir={d / 'dec'}"],
+                  f"--config.target_dir={target}", f"--workdir={d}", *extra],
                  check=True, cwd=ROOT, capture_output=True)
-  with open(d / "dec" / "summary.json") as f:
+  with open(d / "summary.json") as f:
     return json.load(f)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  cache = {}
+  """runs(variant, *extra_decomposition_flags) -> summary; one target per variant."""
+  targets, cache = {}, {}
 
-  def get(variant):
-    if variant not in cache:
-      cache[variant] = _run(tmp_path_factory, variant)
-    return cache[variant]
+  def get(variant, *extra):
+    if variant not in targets:
+      targets[variant] = _target(tmp_path_factory, variant)
+    if (variant, extra) not in cache:
+      cache[(variant, extra)] = _decompose(tmp_path_factory, variant, targets[variant], extra)
+    return cache[(variant, extra)]
 
   return get
+
+
+KEEP = "--config.zero_rows=keep"
 
 
 @pytest.mark.slow
@@ -54,16 +66,51 @@ def test_tm1_features_matched_by_parallel_subnetworks(runs):
 
 @pytest.mark.slow
 @pytest.mark.xfail(reason="measured 0.200 held-out / 0.214 training (paper 0.19; issue asks "
-                   "<= 0.12)", strict=False)
+                   "<= 0.12); unreachable with this data, see the bound test", strict=False)
 def test_tm1_reconstruction(runs):
   assert runs("tm1")["recon_heldout"] <= 0.12
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured recon 0.244, coefficient correlation 0.880", strict=False)
+def test_tm1_and_tm2_issue_targets_are_below_the_bound_of_the_specified_object(runs):
+  """With L3D's generator (all-zero rows rejected, §0.3) no n_v directions, whatever their
+  coefficients and without top-k, reach the issue's reconstruction targets (measured bounds
+  0.151 and 0.217 pooled; training reaches 0.217 and 0.239 pooled, the rest is top-k)."""
+  for variant, target in (("tm1", 0.12), ("tm2", 0.065)):
+    s = runs(variant)
+    assert s["recon_bound_heldout"] > target
+    assert s["recon_bound_heldout"] <= s["recon_heldout_pooled"] + 1e-6
+
+
+@pytest.mark.slow
+def test_tm1_with_zero_rows_kept(runs):
+  """Plain p = 0.05 sparsity (most references are then f(0)): measured 0.074 held-out (0.108
+  pooled over the batches)."""
+  s = runs("tm1", KEEP)
+  assert s["recon_heldout"] <= 0.12
+  assert s["tms"]["distinct_matches"] == 5
+  assert min(s["tms"]["cos_dec"]) >= 0.95 and min(s["tms"]["cos_enc"]) >= 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="measured recon 0.244 (bound 0.217), coefficient correlation 0.880",
+                   strict=False)
 def test_tm2_reconstruction_and_coefficient_recovery(runs):
   s = runs("tm2")
   assert s["recon_heldout"] <= 0.065 and s["coef_corr"] >= 0.9
+
+
+@pytest.mark.slow
+def test_tm2_coefficient_recovery_with_zero_rows_kept(runs):
+  """Measured correlation 0.936 (paper 0.92)."""
+  assert runs("tm2", KEEP)["coef_corr"] >= 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="measured recon 0.136 held-out with zero rows kept, whose bound is "
+                   "0.122 (> 0.065)", strict=False)
+def test_tm2_reconstruction_with_zero_rows_kept(runs):
+  assert runs("tm2", KEEP)["recon_heldout"] <= 0.065
 
 
 @pytest.mark.slow

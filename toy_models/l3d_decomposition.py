@@ -27,6 +27,11 @@ from toy_models import tms
 from toy_models.training import batch, load_target, model_apply
 
 
+ZERO_ROWS = ("target", "reject", "keep")
+# the summary's reconstruction bound stacks n_eval x n_w per-sample gradient entries
+BOUND_MAX_ENTRIES = 1 << 24
+
+
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -34,6 +39,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.l3d = l3d.default_config()
   c.n_samples = 1000           # the fixed training set, drawn from the target's distribution
   c.n_eval = 1000              # held-out points for the summary
+  # all-zero input rows in the decomposition data (training set and held-out): 'target' as the
+  # target's generator (L3D toys reject them, §3.5), 'reject', or 'keep' (plain p = 0.05
+  # sparsity: most references are then f(0); see the README's L3D notes)
+  c.zero_rows = "target"
   c.batch_size = 32
   c.epochs = 1000
   c.lr = 0.01                  # Adam
@@ -49,6 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   cfglib.check_fields(c, default_config())
+  cfglib.one_of(c, "zero_rows", ZERO_ROWS)
   with cfglib.section("l3d"):
     l3d.validate(c.l3d)
   cfglib.positive(c, "n_samples", "n_eval", "batch_size", "epochs", "lr", "lr_decay",
@@ -72,6 +82,17 @@ def decomposable(tcfg, params):
   return model_apply(tcfg.model), params
 
 
+def data_config(c, tcfg) -> ml_collections.ConfigDict:
+  """The target's config with its data generator as c.zero_rows asks (a copy)."""
+  tcfg = ml_collections.ConfigDict(tcfg.to_dict())
+  if c.zero_rows != "target":
+    plain = tcfg.data.get("group_size", 1) == 1 and not tcfg.data.get("random_sign", False)
+    cfglib.require(c.zero_rows == "reject" or plain, "zero_rows",
+                   "'keep' needs a target without co-active groups or random signs")
+    tcfg.data.reject_zero = c.zero_rows == "reject"
+  return tcfg
+
+
 def make_update(apply, cfg, batch_size: int, optimizer):
   """An L3D step over a fixed data set: frozen = {'target': params, 'data': [N, ...]}."""
   post = lambda s: {"enc": s["enc"], "dec": l3d.normalize(s["dec"], cfg.decoder_norm)}
@@ -89,6 +110,7 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
   """Decompose the target in c.target_dir; write checkpoints, metrics, summary and figures."""
   validate(c)
   tcfg, raw = load_target(c.target_dir)
+  tcfg = data_config(c, tcfg)
   apply, params = decomposable(tcfg, raw)
   os.makedirs(workdir, exist_ok=True)
   key = jax.random.PRNGKey(c.seed)
@@ -118,20 +140,37 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
 
 
 def summarize(apply, params, state, c, tcfg, raw, data, key, workdir) -> dict:
-  """Reconstruction error (training set and held-out), P_act, per-model recovery metrics and the
+  """Reconstruction error (training set and held-out: the mean of the per-batch losses, and pooled
+  over all batches; on held-out also the lower bound for the pooled loss of any n_v subnetworks,
+  `l3d_measures.reconstruction_bound`), P_act, per-model recovery metrics and the
   figures (subnetwork weights next to the target's; perturbation sweeps)."""
   cfg = c.l3d
   held = batch(jax.random.fold_in(key, 4), tcfg, c.n_eval)
-  loss_fn = jax.jit(lambda s, p, x, k: l3d.loss(s, p, x, k, apply=apply, cfg=cfg)[0])
 
-  def mean_loss(xs, k):
+  @jax.jit
+  def loss_fn(s, p, x, k):
+    y0 = apply(p, x)
+    _, m = l3d.loss_from_outputs(s, p, x, y0, l3d.references(k, y0, cfg.reference, cfg.sequence),
+                                 apply=apply, cfg=cfg)
+    return m["err"], m["total"]
+
+  def losses(xs, k):
+    """(mean of the per-batch losses, the loss pooled over all batches)."""
     nb = xs.shape[0] // c.batch_size
     ks = jax.random.split(k, nb)
-    return float(np.mean([loss_fn(state, params, xs[i * c.batch_size:(i + 1) * c.batch_size],
-                                  ks[i]) for i in range(nb)]))
+    et = np.array([loss_fn(state, params, xs[i * c.batch_size:(i + 1) * c.batch_size], ks[i])
+                   for i in range(nb)], dtype=np.float64)
+    return (float(np.mean(et[:, 0] / (et[:, 1] + l3d.LOSS_EPS))),
+            float(et[:, 0].sum() / (et[:, 1].sum() + l3d.LOSS_EPS)))
 
-  out = {"recon_train": mean_loss(data, jax.random.fold_in(key, 5)),
-         "recon_heldout": mean_loss(held, jax.random.fold_in(key, 6))}
+  out = {}
+  out["recon_train"], out["recon_train_pooled"] = losses(data, jax.random.fold_in(key, 5))
+  out["recon_heldout"], out["recon_heldout_pooled"] = losses(held, jax.random.fold_in(key, 6))
+  n_w = sum(w.size for w in pytree.get(params, list(state["dec"])).values())
+  if c.n_eval * n_w <= BOUND_MAX_ENTRIES:  # no n_v subnetworks can beat it, top-k or not
+    out["recon_bound_heldout"] = ms.reconstruction_bound(
+        apply, params, list(state["dec"]), held, jax.random.fold_in(key, 6), cfg, c.batch_size,
+        [cfg.n_subnets])[0]
   pact = jax.jit(lambda s, p, x, k: l3d.p_act(apply, p, s, x, k, cfg, c.batch_size))(
       state, params, data, jax.random.fold_in(key, 7))
   out["p_act"] = [round(float(v), 5) for v in pact]
