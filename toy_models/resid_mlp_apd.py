@@ -83,9 +83,11 @@ def one_hot_losses(params, comps: Components, cfg, key, n_samples: int, batch_si
 
 
 def scrub_masks(key, best: jax.Array, live: jax.Array, x: jax.Array, n_ablate: int):
-  """([B, C], [B, C]) masks (1 = kept) ablating n_ablate live components per sample: excluding
-  ('scrubbed') or including ('anti-scrubbed') the components responsible for the sample's active
-  features. best: [n_features] responsible component of each feature; live: [C] bool."""
+  """([B, C], [B, C]) masks (1 = kept) over the live components with n_ablate of them ablated
+  per sample: excluding ('scrubbed') or including ('anti-scrubbed') the components responsible
+  for the sample's active features. Components that are not live stay off, as in every top-k
+  pass they never enter. best: [n_features] responsible component of each feature; live: [C]
+  bool, true at least for every component in `best`."""
   c = live.shape[0]
   active = (x != 0).astype(x.dtype)                                   # [B, n]
   resp = jnp.zeros((x.shape[0], c), x.dtype).at[:, best].add(active) > 0   # [B, C]
@@ -93,11 +95,11 @@ def scrub_masks(key, best: jax.Array, live: jax.Array, x: jax.Array, n_ablate: i
 
   def keep(candidate, score):
     chosen = sparsity.topk_mask(jnp.where(candidate, score, -jnp.inf), n_ablate) > 0
-    return (~(chosen & candidate)).astype(x.dtype)
+    return (live & ~(chosen & candidate)).astype(x.dtype)
 
   # scrubbed: a random n_ablate of the live components not responsible for an active feature;
   # anti-scrubbed: the responsible ones first (score 2 > any uniform), then random live others
-  return keep(live & ~resp, r), keep(live | resp, jnp.where(resp, 2.0, r))
+  return keep(live & ~resp, r), keep(live, jnp.where(resp, 2.0, r))
 
 
 def scrub_losses(params, comps: Components, cfg, best, live, key, data_cfg, n_samples: int,
