@@ -44,3 +44,24 @@ def test_resid_mlp_1_layer_target(tmp_path):
     rep = json.load(f)
   assert rep["mse"] < rep["monosemantic_mse"]
   assert 1.5 <= rep["response_at_1_mean"] <= 1.75
+
+
+@pytest.mark.slow
+def test_apd_resid_mlp_1_layer(tmp_path):
+  """§1.10: roughly one component per feature whose neurons line up with the target's, and
+  ablating the components of the active features costs far more than ablating others."""
+  configs = os.path.join(ROOT, "scripts", "configs")
+  subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train_toy.py"),
+                  f"--config={os.path.join(configs, 'resid_mlp.py')}:1-layer",
+                  f"--workdir={tmp_path / 'target'}"], check=True, cwd=ROOT)
+  subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "decompose.py"),
+                  f"--config={os.path.join(configs, 'apd_resid_mlp.py')}:1-layer-rank1",
+                  f"--config.target_dir={tmp_path / 'target'}",
+                  f"--workdir={tmp_path / 'apd'}"], check=True, cwd=ROOT)
+  with open(tmp_path / "apd" / "summary.json") as f:
+    s = json.load(f)
+  assert s["features"]["distinct_best_components"] >= 85          # measured 94
+  assert s["features"]["single_dominant_fraction"] >= 0.85         # measured 0.95
+  assert s["features"]["neuron_contribution_cosine_median"] >= 0.95  # measured 0.995
+  # the paper's order of magnitude is not reached here (README); measured 3.2x
+  assert s["scrubbing"]["anti_scrubbed_mse_mean"] >= 2 * s["scrubbing"]["scrubbed_mse_mean"]

@@ -95,11 +95,22 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
   return summary
 
 
+def _with_defaults(c: ml_collections.ConfigDict, saved: dict) -> ml_collections.ConfigDict:
+  """A saved config over today's defaults: fields added since the run was made get their
+  defaults (unknown saved fields are kept, so `validate` names them)."""
+  for k, v in saved.items():
+    if isinstance(v, dict) and isinstance(c.get(k), ml_collections.ConfigDict):
+      _with_defaults(c[k], v)
+    else:
+      c[k] = v
+  return c
+
+
 def analyse_checkpoint(workdir: str, step: int | None = None) -> dict:
   """`summarize` a saved step (default: the latest) of a decomposition run into
   <workdir>/analysis_<step>/ (summary.json and figures), e.g. while the run goes on."""
   with open(os.path.join(workdir, "config.json")) as f:
-    c = ml_collections.ConfigDict(json.load(f))
+    c = _with_defaults(default_config(), json.load(f))
   validate(c)
   tcfg, params = load_target(c.target_dir)
   mod = model_module(tcfg.model.kind)
