@@ -300,9 +300,4 @@ def loss(comps: Components, params, x: jax.Array, key, *, apply: Callable, cfg):
 def make_loss(apply: Callable, cfg, batch_fn: Callable[[jax.Array], jax.Array]):
   """loss_fn(components, target_params, key) for `paramdecomp.train`, drawing x = batch_fn(key)."""
   validate(cfg)
-
-  def loss_fn(comps, params, key):
-    kx, kl = jax.random.split(key)
-    return loss(comps, params, batch_fn(kx), kl, apply=apply, cfg=cfg)
-
-  return loss_fn
+  return train.loss_on_batches(loss, batch_fn, apply=apply, cfg=cfg)

@@ -319,12 +319,7 @@ def loss(state: dict, params, x: jax.Array, key, *, apply: Callable, cfg, path: 
 def make_loss(apply: Callable, cfg, batch_fn: Callable[[jax.Array], jax.Array]):
   """loss_fn(state, target_params, key) for `paramdecomp.train`, drawing x = batch_fn(key)."""
   validate(cfg)
-
-  def loss_fn(state, params, key):
-    kx, kr = jax.random.split(key)
-    return loss(state, params, batch_fn(kx), kr, apply=apply, cfg=cfg)
-
-  return loss_fn
+  return train.loss_on_batches(loss, batch_fn, apply=apply, cfg=cfg)
 
 
 def make_update(apply: Callable, cfg, batch_fn: Callable, optimizer):

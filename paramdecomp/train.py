@@ -39,6 +39,31 @@ def init_state(params: PyTree, optimizer: optax.GradientTransformation, key) -> 
   return TrainState(jnp.int32(0), params, optimizer.init(params), key)
 
 
+def loss_on_batches(loss: Callable, batch_fn: Callable[[jax.Array], PyTree], **kw) -> LossFn:
+  """``loss_fn(trainable, frozen, key)`` for a method loss ``loss(trainable, frozen, x, key,
+  **kw)``, drawing ``x = batch_fn(k1)`` and passing ``k2`` on, with ``k1, k2 = split(key)``."""
+
+  def loss_fn(trainable, frozen, key):
+    kx, kl = jax.random.split(key)
+    return loss(trainable, frozen, batch_fn(kx), kl, **kw)
+
+  return loss_fn
+
+
+def best_dispatch_seconds(step: Callable, state: PyTree, frozen: PyTree, repeats: int):
+  """(best wall seconds of `repeats` calls of a (donating) ``step(state, frozen)``, after one
+  warm-up call that compiles it; the final state). For benchmarks."""
+  state, m = step(state, frozen)
+  jax.block_until_ready(m)
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    state, m = step(state, frozen)
+    jax.block_until_ready((state, m))
+    best = min(best, time.perf_counter() - t)
+  return best, state
+
+
 def make_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                 grad_transform: Callable[[PyTree, PyTree], PyTree] | None = None,
                 post_update: Callable[[PyTree], PyTree] | None = None):

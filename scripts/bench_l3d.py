@@ -14,7 +14,6 @@
 import os
 import platform
 import sys
-import time
 
 from absl import app, flags
 import jax
@@ -51,15 +50,7 @@ def _setup(variant: str, path: str, batch: int, model_cfg=None):
 def seconds_per_epoch(variant: str, path: str, repeats: int) -> float:
   update, state, frozen = _setup(variant, path, 32)
   step = train.make_multi_step(update, 1000 // 32)
-  state, m = step(state, frozen)
-  jax.block_until_ready(m)
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    state, m = step(state, frozen)
-    jax.block_until_ready((state, m))
-    best = min(best, time.perf_counter() - t)
-  return best
+  return train.best_dispatch_seconds(step, state, frozen, repeats)[0]
 
 
 def step_memory_and_time(path: str, batch: int, width: int, repeats: int):
@@ -70,14 +61,7 @@ def step_memory_and_time(path: str, batch: int, width: int, repeats: int):
   step = jax.jit(update, donate_argnums=0)
   mem = step.lower(state, frozen).compile().memory_analysis()
   temp = mem.temp_size_in_bytes if mem is not None else float("nan")
-  state, m = step(state, frozen)
-  jax.block_until_ready(m)
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    state, m = step(state, frozen)
-    jax.block_until_ready((state, m))
-    best = min(best, time.perf_counter() - t)
+  best, _ = train.best_dispatch_seconds(step, state, frozen, repeats)
   return temp, n_w, 1e3 * best
 
 
