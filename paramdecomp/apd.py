@@ -134,6 +134,12 @@ def _with(params, weights: dict):
   return pytree.replace(params, weights)
 
 
+def _all_components(comps: Components) -> dict:
+  """{path: sum of all components} kept factored (the APD model's weights)."""
+  return {p: lowrank.masked_lowrank(f, jnp.ones(f.U.shape[0], f.U.dtype))
+          for p, f in comps.items()}
+
+
 def _mean_sq_gradient_attribution(apply, params, comps: Components, x, cfg) -> jax.Array:
   """[B, C] mean over outputs o of <grad_W f_o(x), P_c>^2, differentiable in the components.
 
@@ -143,10 +149,8 @@ def _mean_sq_gradient_attribution(apply, params, comps: Components, x, cfg) -> j
   """
   paths = list(comps)
   factors = {}
-  if cfg.attribution_model == "apd":  # the all-components model, kept factored
-    ones = jnp.ones(next(iter(comps.values())).U.shape[0], x.dtype)
-    factors = jax.lax.stop_gradient({p: lowrank.masked_lowrank(f, ones)
-                                     for p, f in comps.items()})
+  if cfg.attribution_model == "apd":
+    factors = jax.lax.stop_gradient(_all_components(comps))
   _, uses = trace_matmuls(apply, params, factors, x, paths)
   tangents = {p: [u.apply(f.U, f.V) for u in uses[p]] for p, f in comps.items()}   # [C, ...]
   zeros = {p: [jnp.zeros_like(u.out) for u in uses[p]] for p in paths}
@@ -175,9 +179,7 @@ def attributions(apply: Callable, params, comps: Components, x: jax.Array,
 def _activation_attribution(apply, params, comps: Components, x) -> jax.Array:
   """[B, C] sum over decomposed products of |P_c a|^2, a = the layer's input in the APD model's
   all-components forward pass (§1.3, variant 3). Activations must keep the batch axis first."""
-  ones = jnp.ones(next(iter(comps.values())).U.shape[0], x.dtype)
-  ws = {p: lowrank.masked_lowrank(f, ones) for p, f in comps.items()}
-  _, uses = trace_matmuls(apply, params, ws, x, list(comps))
+  _, uses = trace_matmuls(apply, params, _all_components(comps), x, list(comps))
   total = 0.0
   for p, f in comps.items():
     for u in uses[p]:
