@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging as pylogging
+import os
+import platform
 
 from absl import flags, logging
 import jax
@@ -47,3 +49,10 @@ def init_distributed() -> None:
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
+
+
+def machine_line() -> str:
+  """'# jax <version>, <platform> (<device kind>), <n> cpus, <processor>' for benchmark output."""
+  dev = jax.devices()[0]
+  return (f"# jax {jax.__version__}, {dev.platform} ({dev.device_kind}), {os.cpu_count()} cpus, "
+          f"{platform.processor() or platform.machine()}")

@@ -18,13 +18,19 @@ def per_sample_grads(fn: Callable[..., jax.Array], params: PyTree, *batch: jax.A
   under `lax.map`, so at most chunk_size × params gradients are live at once.
   """
   g = jax.vmap(jax.grad(fn), in_axes=(None,) + (0,) * len(batch))
+  return _in_chunks(lambda *xs: g(params, *xs), batch, chunk_size)
+
+
+def _in_chunks(f: Callable[..., PyTree], batch, chunk_size: int | None) -> PyTree:
+  """f(*batch) for an f batched over the leading axis, run chunk_size samples at a time under
+  `lax.map` (all at once without chunk_size)."""
   b = batch[0].shape[0]
   if chunk_size is None or chunk_size >= b:
-    return g(params, *batch)
+    return f(*batch)
   if b % chunk_size:
     raise ValueError(f"batch {b} is not a multiple of chunk_size {chunk_size}")
   chunked = [x.reshape((b // chunk_size, chunk_size) + x.shape[1:]) for x in batch]
-  out = jax.lax.map(lambda xs: g(params, *xs), chunked)
+  out = jax.lax.map(lambda xs: f(*xs), chunked)
   return jax.tree.map(lambda y: y.reshape((b,) + y.shape[2:]), out)
 
 
@@ -39,13 +45,7 @@ def per_sample_grad_sq_norms(fn: Callable[..., jax.Array], params: PyTree, *batc
     g = per_sample_grads(fn, params, *xs)
     return sum(jnp.sum(leaf.reshape(leaf.shape[0], -1) ** 2, axis=1) for leaf in jax.tree.leaves(g))
 
-  b = batch[0].shape[0]
-  if chunk_size is None or chunk_size >= b:
-    return sq(*batch)
-  if b % chunk_size:
-    raise ValueError(f"batch {b} is not a multiple of chunk_size {chunk_size}")
-  chunked = [x.reshape((b // chunk_size, chunk_size) + x.shape[1:]) for x in batch]
-  return jax.lax.map(lambda xs: sq(*xs), chunked).reshape(b)
+  return _in_chunks(sq, batch, chunk_size)
 
 
 def directional_derivatives(fn: Callable[[PyTree], jax.Array], primal: PyTree,

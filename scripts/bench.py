@@ -8,7 +8,6 @@ Times the compiled, scanned training step (`steps` steps per dispatch) after a w
 best of `repeats`; the target is freshly initialised (values do not change the cost).
 """
 import os
-import platform
 import sys
 
 from absl import app, flags
@@ -21,6 +20,7 @@ import apd_tms  # noqa: E402
 import resid_mlp as resid_mlp_configs  # noqa: E402
 import tms as tms_configs  # noqa: E402
 
+from paramdecomp.cli import machine_line  # noqa: E402
 from paramdecomp import apd, train  # noqa: E402
 from toy_models import training  # noqa: E402
 
@@ -54,9 +54,7 @@ def bench_apd(variant: str, batch: int, steps: int, repeats: int) -> float:
 
 def main(argv):
   del argv
-  dev = jax.devices()[0]
-  print(f"# jax {jax.__version__}, {dev.platform} ({dev.device_kind}), {os.cpu_count()} cpus, "
-        f"{platform.processor() or platform.machine()}")
+  print(machine_line())
   print("| target | C | m | batch | ms/step |\n|---|---|---|---|---|")
   for v in _VARIANTS.value:
     ms = bench_apd(v, _BATCH.value, _STEPS.value, _REPEATS.value)

@@ -12,7 +12,6 @@
    float32 array; plus ms per step at each batch.
 """
 import os
-import platform
 import sys
 
 from absl import app, flags
@@ -23,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "con
 import l3d_decompose  # noqa: E402
 import l3d_toys  # noqa: E402
 
+from paramdecomp.cli import machine_line  # noqa: E402
 from paramdecomp import l3d, train  # noqa: E402
 from toy_models import squares, training  # noqa: E402
 from toy_models.l3d_decomposition import decomposable, make_update  # noqa: E402
@@ -67,9 +67,7 @@ def step_memory_and_time(path: str, batch: int, width: int, repeats: int):
 
 def main(argv):
   del argv
-  dev = jax.devices()[0]
-  print(f"# jax {jax.__version__}, {dev.platform} ({dev.device_kind}), {os.cpu_count()} cpus, "
-        f"{platform.processor() or platform.machine()}")
+  print(machine_line())
   print("\n| model | path | time per epoch (31 steps of batch 32) |\n|---|---|---|")
   for v, name in (("tm1", "TM1 TMS 5-2 (n_v 5, rank 1)"), ("tm4", "TM4 x^2 MLP (n_v 5, rank 2)")):
     for path in ("explicit", "forward"):
