@@ -132,8 +132,9 @@ def one_hot_mse(top1: np.ndarray, batch: np.ndarray, n_active: np.ndarray, path:
 
 
 def scrub_histograms(scrub: np.ndarray, anti: np.ndarray, topk_mse: float, baseline: float,
-                     path: str) -> str:
-  """Histograms of per-sample MSE with scrubbed and anti-scrubbed ablations (log x)."""
+                     path: str, ideal: tuple[float, float] | None = None) -> str:
+  """Histograms of per-sample MSE with scrubbed and anti-scrubbed ablations (log x); ideal: the
+  (scrubbed, anti-scrubbed) mean MSE of a reference decomposition, drawn as lines."""
   vals = np.concatenate([scrub, anti])
   lo = max(vals[vals > 0].min() if np.any(vals > 0) else 1e-12, 1e-12)
   bins = np.logspace(np.log10(lo), np.log10(max(vals.max(), lo * 10)), 60)
@@ -142,6 +143,9 @@ def scrub_histograms(scrub: np.ndarray, anti: np.ndarray, topk_mse: float, basel
   ax.hist(np.maximum(anti, lo), bins, alpha=0.6, label="anti-scrubbed")
   ax.axvline(topk_mse, color="k", ls="--", lw=1, label="APD top-k (mean)")
   ax.axvline(baseline, color="C3", ls=":", lw=1, label="monosemantic baseline")
+  if ideal is not None:
+    for v, color, what in zip(ideal, ("C0", "C1"), ("scrubbed", "anti-scrubbed")):
+      ax.axvline(v, color=color, ls="-.", lw=1, label=f"ideal decomposition, {what} (mean)")
   ax.set_xscale("log"), ax.set_xlabel("MSE to target"), ax.set_ylabel("samples")
   ax.legend(fontsize=8)
   return _save(fig, path, "Ablating half of the live components")

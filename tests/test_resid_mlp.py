@@ -112,6 +112,24 @@ def test_scrub_masks_spare_or_hit_the_responsible_components():
   assert len({tuple(r) for r in np.asarray(scrub)}) > 1  # the ablated set is random per sample
 
 
+def test_ideal_decomposition_is_faithful_and_ablates_features_exactly():
+  cfg = resid_mlp.model_config(n_features=6, d_resid=15, n_layers=2, d_mlp=4)
+  p = resid_mlp.init(jax.random.PRNGKey(0), cfg)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (8, 6), minval=-1, maxval=1)
+  # every component on is the target itself, also with two layers
+  np.testing.assert_allclose(resid_mlp_apd.ideal_masked_apply(p, x, jnp.ones_like(x)),
+                             resid_mlp.apply(p, x), rtol=1e-4, atol=1e-5)
+  # one layer: the ablated features' components neither read their inputs nor write their
+  # outputs, y = x W_E^T W_E + k * (ReLU((k x) W_E^T W_in^T) W_out^T W_E)
+  p1 = {"W_E": p["W_E"], "layers": {"0": p["layers"]["0"]}}
+  k = jax.random.bernoulli(jax.random.PRNGKey(2), 0.5, x.shape).astype(x.dtype)
+  w_e, layer = p1["W_E"], p1["layers"]["0"]
+  want = x @ w_e.T @ w_e + k * (jnp.maximum((k * x) @ w_e.T @ layer["W_in"].T, 0)
+                                @ layer["W_out"].T @ w_e)
+  np.testing.assert_allclose(resid_mlp_apd.ideal_masked_apply(p1, x, k), want, rtol=1e-4,
+                             atol=1e-5)
+
+
 def test_count_components():
   diag = np.array([[0.0, 0.0], [0.5, 0.0], [0.5, 0.3], [0.2, 0.2]])
   assert resid_mlp_apd.count_components(np.c_[diag, [0, 0, 0, 0.4]], 0.1) == {
@@ -139,6 +157,8 @@ def test_decomposition_run_writes_the_analyses(tmp_path):
   assert sum(v for k, v in s["component_counts"].items() if k != "cutoff") == 12
   assert 0 <= s["features"]["single_dominant_fraction"] <= 1
   assert s["scrubbing"]["n_ablated"] == s["features"]["distinct_best_components"] // 2
+  ideal = s["scrubbing"]
+  assert 0 < ideal["ideal_scrubbed_mse_mean"] < ideal["ideal_anti_scrubbed_mse_mean"]
   assert s["one_hot"]["n_samples"] == 256
   for f in s["figures"]:
     assert os.path.getsize(f) > 1000

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,10 +103,34 @@ def scrub_masks(key, best: jax.Array, live: jax.Array, x: jax.Array, n_ablate: i
   return keep(live & ~resp, r), keep(live, jnp.where(resp, 2.0, r))
 
 
+def ideal_masked_apply(params, x: jax.Array, keep: jax.Array) -> jax.Array:
+  """[B, n] output of the ideal one-component-per-feature decomposition of the target with only
+  the features in keep [B, n] (1 = kept) on. Feature i's component reads the residual stream
+  through the dual of its embedding only, W_in W_E e_i e_i^T W_E^+, and writes only what W_U reads
+  as output i, (W_E^T)^+ e_i e_i^T W_E^T W_out; what no feature reads or writes (outside the span
+  of W_E) stays on. The components sum to the target's weights exactly (keep = 1 is the target),
+  and each is rank one per matrix, so this is the best a faithful per-feature decomposition can
+  do under scrubbing: ablating feature j's component loses the target's interference on output j,
+  which only that component writes."""
+  w_e = params["W_E"]                                          # [d, n]
+  chex.assert_equal_shape([x, keep])
+  dual = jnp.linalg.pinv(w_e)                                  # [n, d] W_E^+
+  drop = 1.0 - keep
+  r = x @ w_e.T
+  for i in range(len(params["layers"])):
+    layer = params["layers"][str(i)]
+    r_in = r - ((r @ dual.T) * drop) @ w_e.T                   # ablated features' duals removed
+    out = jax.nn.relu(r_in @ layer["W_in"].T) @ layer["W_out"].T
+    r = r + out - ((out @ w_e) * drop) @ dual                  # ablated features' outputs removed
+  return r @ w_e
+
+
 def scrub_losses(params, comps: Components, cfg, best, live, key, data_cfg, n_samples: int,
                  batch_size: int):
   """Per-sample MSE to the target of the scrubbed, anti-scrubbed and batch top-k forward passes
-  on training-distribution samples with at least one active feature."""
+  on training-distribution samples with at least one active feature, then of the scrubbed and
+  anti-scrubbed passes of `ideal_masked_apply` with the same ablations (feature i kept iff its
+  responsible component best[i] is)."""
   n = params["W_E"].shape[1]
   apply = resid_mlp.apply
   n_ablate = int(np.asarray(live).sum()) // 2
@@ -118,12 +143,14 @@ def scrub_losses(params, comps: Components, cfg, best, live, key, data_cfg, n_sa
     scrub, anti = scrub_masks(km, best, live, x, n_ablate)
     topk = apd.mask_from(apd.attributions(apply, params, comps, x, cfg), cfg, x)
     run = lambda m: _mse_per_sample(apd.masked_apply(apply, params, comps, m, x), y_star)
-    return jnp.any(x != 0, axis=1), run(scrub), run(anti), run(topk)
+    ideal = lambda m: _mse_per_sample(ideal_masked_apply(params, x, m[:, best]), y_star)
+    return (jnp.any(x != 0, axis=1), run(scrub), run(anti), run(topk), ideal(scrub),
+            ideal(anti))
 
   outs = [one_batch(jax.random.fold_in(key, i), params, comps)
           for i in range(max(1, n_samples // batch_size))]
-  nz, scrub, anti, topk = (np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(4))
-  return scrub[nz], anti[nz], topk[nz]
+  nz, *losses = (np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(6))
+  return tuple(v[nz] for v in losses)
 
 
 def analyse(params, comps: Components, cfg, tcfg, key, workdir: str, n_samples: int = 20_000,
@@ -171,8 +198,9 @@ def analyse(params, comps: Components, cfg, tcfg, key, workdir: str, n_samples: 
       "features_needing_more_than_one_component": int(np.sum(f_active > 1.5)),
   }
 
-  scrub, anti, topk = scrub_losses(params, comps, cfg, jnp.asarray(best), jnp.asarray(live),
-                                   jax.random.fold_in(key, 2), tcfg.data, n_samples, batch_size)
+  scrub, anti, topk, ideal_scrub, ideal_anti = scrub_losses(
+      params, comps, cfg, jnp.asarray(best), jnp.asarray(live), jax.random.fold_in(key, 2),
+      tcfg.data, n_samples, batch_size)
   mono = resid_mlp.monosemantic_mse(n, d_mlp, tcfg.data.p)
   out["scrubbing"] = {
       "n_samples": int(scrub.size), "n_ablated": int(live.sum()) // 2,
@@ -184,6 +212,12 @@ def analyse(params, comps: Components, cfg, tcfg, key, workdir: str, n_samples: 
       # ReLU, so ablating their components changes little: the histograms are bimodal)
       "per_sample_ratio_ge_10_fraction": float(np.mean(anti >= 10 * scrub)),
       "topk_mse_mean": float(topk.mean()), "monosemantic_baseline_mse": mono,
+      # the same ablations of the ideal per-feature decomposition: the floor set by the target's
+      # own interference, which other features' components must carry
+      "ideal_scrubbed_mse_mean": float(ideal_scrub.mean()),
+      "ideal_scrubbed_mse_median": float(np.median(ideal_scrub)),
+      "ideal_anti_scrubbed_mse_mean": float(ideal_anti.mean()),
+      "ideal_anti_scrubbed_mse_median": float(np.median(ideal_anti)),
   }
 
   if draw and jax.process_index() == 0:
@@ -197,6 +231,7 @@ def analyse(params, comps: Components, cfg, tcfg, key, workdir: str, n_samples: 
         figures.one_hot_mse(f_top1, f_batch, f_active,
                             os.path.join(workdir, "one_hot_mse.png")),
         figures.scrub_histograms(scrub, anti, float(topk.mean()), mono,
-                                 os.path.join(workdir, "scrubbing.png")),
+                                 os.path.join(workdir, "scrubbing.png"),
+                                 ideal=(float(ideal_scrub.mean()), float(ideal_anti.mean()))),
     ]
   return out
