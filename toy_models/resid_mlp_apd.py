@@ -109,9 +109,9 @@ def ideal_masked_apply(params, x: jax.Array, keep: jax.Array) -> jax.Array:
   through the dual of its embedding only, W_in W_E e_i e_i^T W_E^+, and writes only what W_U reads
   as output i, (W_E^T)^+ e_i e_i^T W_E^T W_out; what no feature reads or writes (outside the span
   of W_E) stays on. The components sum to the target's weights exactly (keep = 1 is the target),
-  and each is rank one per matrix, so this is the best a faithful per-feature decomposition can
-  do under scrubbing: ablating feature j's component loses the target's interference on output j,
-  which only that component writes."""
+  and each is rank one per matrix. Scrubbing it costs exactly the target's own interference on
+  the ablated features' outputs (what the MLP writes to output j when feature j is off), which a
+  decomposition whose components each write only their own feature's output cannot avoid."""
   w_e = params["W_E"]                                          # [d, n]
   chex.assert_equal_shape([x, keep])
   dual = jnp.linalg.pinv(w_e)                                  # [n, d] W_E^+
