@@ -1,5 +1,6 @@
 """L3D oracles (METHODS.md §6.4): closed-form gradients, the two paths against each other, Tucker
 blocks against mode products, top-k against a sort, references, normalisation, interventions."""
+import json
 import os
 
 import jax
@@ -447,6 +448,14 @@ def test_decompose_l3d_runner_writes_summary_and_figures(tmp_path):
   d.run.update(dict(log_every_epochs=1, checkpoint_every_epochs=1))
   s = dec.decompose(d, str(tmp_path / "d"))
   assert 0 < s["recon_train"] < 2 and len(s["p_act"]) == 5
+  # each epoch logs its P_act per subnetwork: all kept in the warm start (k = 0.999), and then
+  # summing to the mean number of coefficients kept per sample
+  with open(tmp_path / "d" / "metrics.jsonl") as f:
+    warm, top = [json.loads(line) for line in f]
+  assert [warm["step"], top["step"]] == [2, 4]
+  assert warm["p_act"] == [1.0] * 5
+  assert len(top["p_act"]) == 5 and all(0 <= p <= 1 for p in top["p_act"])
+  np.testing.assert_allclose(sum(top["p_act"]), top["active"], rtol=1e-6)
   # same held-out samples and references: no n_v directions do better than the bound
   assert 0 < s["recon_bound_heldout"] <= s["recon_heldout_pooled"] + 1e-6
   assert s["tms"]["distinct_matches"] <= 5 and len(s["specificity"]) == 5
@@ -491,10 +500,14 @@ def test_decomposition_data_zero_rows_option():
     zero = float(np.mean(np.all(np.asarray(x) == 0, axis=1)))  # keep: 0.95^5 = 0.774
     assert frac[0] <= zero <= frac[1], (mode, zero)
   assert t1.data.reject_zero  # the target's config is left alone
-  d.zero_rows = "keep"
-  with pytest.raises(ConfigError, match="zero_rows"):
-    t1.data.group_size = 5
-    dec.data_config(d, t1)
+  # co-active groups with random signs (TM3/TM4 style): groups kept whole, zero rows 0.95^2
+  t1.data.update(dict(group_size=5, random_sign=True))
+  t1.model = tms.model_config(10, 2)
+  x = np.asarray(training.batch(jax.random.PRNGKey(1), dec.data_config(d, t1), 4000))
+  act = (x != 0).reshape(-1, 2, 5)
+  assert np.all(act.all(-1) == act.any(-1)) and 0.4 < np.mean(x[x != 0] > 0) < 0.6
+  zero = np.mean(~act.any(axis=(1, 2)))
+  assert abs(zero - 0.95**2) < 4 * np.sqrt(0.1 / 4000), zero
   d.zero_rows = "never"
   with pytest.raises(ConfigError, match="zero_rows"):
     dec.validate(d)

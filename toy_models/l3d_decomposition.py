@@ -86,9 +86,6 @@ def data_config(c, tcfg) -> ml_collections.ConfigDict:
   """The target's config with its data generator as c.zero_rows asks (a copy)."""
   tcfg = ml_collections.ConfigDict(tcfg.to_dict())
   if c.zero_rows != "target":
-    plain = tcfg.data.get("group_size", 1) == 1 and not tcfg.data.get("random_sign", False)
-    cfglib.require(c.zero_rows == "reject" or plain, "zero_rows",
-                   "'keep' needs a target without co-active groups or random signs")
     tcfg.data.reject_zero = c.zero_rows == "reject"
   return tcfg
 
