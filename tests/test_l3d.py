@@ -372,6 +372,35 @@ def test_hidden_only_perturbation_leaves_other_tensors_and_specificity():
   np.testing.assert_allclose(ms.specificity(change, uses), [4.0])
 
 
+def test_feature_directions_and_private_share_on_parallel_models():
+  """Parallel scalar models: feature j's gradients live on w_j alone, so its best direction is
+  the one-hot e_j, all of its energy is private and moving along it leaves the other samples'
+  outputs unchanged. A shared output bias c makes part of every feature's energy public."""
+  apply, params, x = _parallel()
+  cfg = _cfg(n_subnets=4, rank=1)
+  like = {"w": jnp.zeros((4, 4))}
+  g, xg = ms.stacked_gradients(apply, params, ["w"], x, jax.random.PRNGKey(0), cfg, 8)
+  fd = ms.feature_directions(g, xg, like)
+  np.testing.assert_allclose(np.abs(l3d.blocks(fd)["w"]), np.eye(4), atol=1e-12)
+  np.testing.assert_allclose(ms.private_share(g, xg), 1.0, rtol=1e-7)  # 1e-10 in the denominator
+  change = ms.output_change(apply, params, fd, x, 0.5)
+  assert float(jnp.max(change * (x == 0).T)) == 0.0 and float(jnp.min(ms.specificity(
+      change, x != 0))) > 1e6
+  biased = lambda p, x: x * p["w"] + p["c"]
+  pc = {"w": params["w"], "c": jnp.array([0.3])}
+  g, xg = ms.stacked_gradients(biased, pc, ["w", "c"], x, jax.random.PRNGKey(1), cfg, 8)
+  share = ms.private_share(g, xg)
+  for j in range(4):
+    on = np.asarray(xg[:, j] != 0)
+    gj = np.asarray(g)[on]
+    want = np.sum(gj[:, 1 + j] ** 2) / np.sum(gj**2)  # columns in sorted path order: c, w
+    np.testing.assert_allclose(share[j], want, rtol=1e-7)
+    assert 0 < want < 1
+  fd = ms.feature_directions(g, xg, {"w": jnp.zeros((4, 4)), "c": jnp.zeros((4, 1))})
+  assert np.all(np.abs(np.asarray(l3d.blocks(fd)["c"])) > 0.01)  # public part: moves everyone
+  assert float(jnp.max(ms.specificity(ms.output_change(biased, pc, fd, x, 0.5), x != 0))) < 1e3
+
+
 # ------------------------------------------------------------------------------- errors and data
 
 def test_bad_config_and_shapes_fail_clearly():
