@@ -308,12 +308,15 @@ def loss_from_outputs(state: dict, params, x, y0, y_ref, *, apply: Callable, cfg
 
 
 def loss(state: dict, params, x: jax.Array, key, *, apply: Callable, cfg, path: str | None = None):
-  """(loss, scalar metrics) on batch x: target outputs, references drawn with `key`, loss."""
+  """(loss, metrics) on batch x: target outputs, references drawn with `key`, loss; metrics
+  'active' (mean kept coefficients per sample) and 'p_act' ([n_v] share of samples kept)."""
   check_subnets(params, state)
   y0 = jax.lax.stop_gradient(apply(params, x))
   y_ref = references(key, y0, cfg.reference, cfg.sequence)
   value, m = loss_from_outputs(state, params, x, y0, y_ref, apply=apply, cfg=cfg, path=path)
-  return value, {"active": m["active"]}
+  # p_act [n_v]: the batch's share of samples on which each subnetwork survives top-k; its mean
+  # over an epoch's steps is that epoch's P_act (§3.3)
+  return value, {"active": m["active"], "p_act": jnp.mean(m["mask"], axis=0)}
 
 
 def make_loss(apply: Callable, cfg, batch_fn: Callable[[jax.Array], jax.Array]):

@@ -7,6 +7,7 @@ solutions). Signs of v_k are arbitrary: look at both signs of delta.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -119,17 +120,11 @@ def feature_of_subnet(impacts: jax.Array, x: jax.Array) -> jax.Array:
   return jnp.argmax(mean, axis=1)
 
 
-def reconstruction_bound(apply: Callable, params, paths: Sequence[str], x: jax.Array, key, cfg,
-                         batch_size: int, ranks: Sequence[int]) -> list[float]:
-  """Lower bounds on the pooled reconstruction loss of any r subnetworks, for r in `ranks`.
-
-  Per-sample gradients of x [N, ...] (references drawn per batch of `batch_size` as in training,
-  a remainder dropped) are stacked into G [N', n_w]; the bound for r is the share of ||G||_F^2
-  outside G's top-r singular directions: r unit decoder rows with the best coefficients and no
-  top-k or Tucker constraint cannot do better (pooled over all of x rather than per batch). It
-  says whether a reconstruction target is reachable at all for a given object (§3.1) and data.
-  Materialises G: for small (toy) models only.
-  """
+def stacked_gradients(apply: Callable, params, paths: Sequence[str], x: jax.Array, key, cfg,
+                      batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """(G [N', n_w], x[:N']): per-sample divergence gradients of x [N, ...] with references drawn
+  per batch of `batch_size` as in training (a remainder dropped), stacked in sorted path order.
+  Materialises G: for small (toy) models only."""
   nb = x.shape[0] // batch_size
   keys = jax.random.split(key, nb)
   gs = []
@@ -138,6 +133,64 @@ def reconstruction_bound(apply: Callable, params, paths: Sequence[str], x: jax.A
     y0 = jax.lax.stop_gradient(apply(params, xb))
     y_ref = l3d.references(keys[i], y0, cfg.reference, cfg.sequence)
     gs.append(l3d.flat_batch(l3d.gradients(apply, params, xb, y0, y_ref, list(paths), cfg)))
-  s2 = jnp.linalg.svd(jnp.concatenate(gs), compute_uv=False) ** 2
+  return jnp.concatenate(gs), x[:nb * batch_size]
+
+
+def reconstruction_bound(apply: Callable, params, paths: Sequence[str], x: jax.Array, key, cfg,
+                         batch_size: int, ranks: Sequence[int]) -> list[float]:
+  """Lower bounds on the pooled reconstruction loss of any r subnetworks, for r in `ranks`.
+
+  The bound for r is the share of ||G||_F^2 (`stacked_gradients`) outside G's top-r singular
+  directions: r unit decoder rows with the best coefficients and no top-k or Tucker constraint
+  cannot do better (pooled over all of x rather than per batch). It says whether a
+  reconstruction target is reachable at all for a given object (§3.1) and data.
+  """
+  g, _ = stacked_gradients(apply, params, paths, x, key, cfg, batch_size)
+  return energy_outside_top(g, ranks)
+
+
+def energy_outside_top(g: jax.Array, ranks: Sequence[int]) -> list[float]:
+  """Share of ||g||_F^2 (g: [N, n_w]) outside its top-r right singular directions, per r."""
+  s2 = jnp.linalg.svd(g, compute_uv=False) ** 2
   tot = jnp.sum(s2) + l3d.LOSS_EPS
   return [float(jnp.sum(s2[r:]) / tot) for r in ranks]
+
+
+def private_share(g: jax.Array, x: jax.Array) -> jax.Array:
+  """[n_features] share of the gradient energy of the samples with only x_j active that lies on
+  parameters no sample without x_j moves (g [N, n_w], x [N, n_features]): the part of feature
+  j's gradients that a perturbation can change without touching the other samples."""
+  act = x != 0
+  out = []
+  for j in range(x.shape[1]):
+    only = (act[:, j] & (jnp.sum(act, axis=1) == 1))[:, None]
+    others = jnp.max(jnp.abs(jnp.where(act[:, j:j + 1], 0.0, g)), axis=0)        # [n_w]
+    scale = jnp.max(jnp.abs(g))
+    private = others <= 1e-6 * scale
+    e = jnp.where(only, g, 0.0) ** 2
+    out.append(jnp.sum(e * private) / (jnp.sum(e) + l3d.LOSS_EPS))
+  return jnp.stack(out)
+
+
+def feature_directions(g: jax.Array, x: jax.Array, like: dict) -> dict[str, jax.Array]:
+  """The best one direction per input feature: for feature j, the top right singular vector of
+  the gradients g [N, n_w] of the samples with only x_j active (x: [N, n_features]), as a dense
+  decoder map {path: Tucker} shaped like `like` ({path: [n_v, *shape]} blocks, e.g.
+  `l3d.blocks(dec)`). A subnetwork that traces feature j alone can at best be this direction, so
+  its `specificity` bounds what a one-feature-per-subnetwork L3D solution shows."""
+  act = x != 0
+  rows = []
+  for j in range(x.shape[1]):
+    only = act[:, j] & (jnp.sum(act, axis=1) == 1)
+    v = jnp.linalg.svd(jnp.where(only[:, None], g, 0.0), full_matrices=False)[2][0]
+    rows.append(v)
+  v = jnp.stack(rows)                                               # [F, n_w]
+  out, i = {}, 0
+  for p in sorted(like):  # g's columns: per-sample gradient dicts come out of jax key-sorted
+    shape = like[p].shape[1:]
+    n = math.prod(shape)
+    blk = v[:, i:i + n].reshape((v.shape[0],) + shape)
+    eye = tuple(jnp.broadcast_to(jnp.eye(d, dtype=blk.dtype), (v.shape[0], d, d)) for d in shape)
+    out[p] = l3d.Tucker(blk, eye)                                   # full-rank Tucker = blk
+    i += n
+  return out

@@ -16,6 +16,7 @@ from typing import Any, Callable, NamedTuple
 from absl import logging
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from paramdecomp.checkpoint import Checkpointer
@@ -109,7 +110,14 @@ def _drop_logged_after(path: str, step: int) -> None:
 
 
 def _fmt(metrics: dict) -> str:
-  return " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+  fmt = lambda v: f"[{' '.join(f'{u:.3g}' for u in v)}]" if isinstance(v, list) else f"{v:.4g}"
+  return " ".join(f"{k} {fmt(v)}" for k, v in metrics.items())
+
+
+def _to_host(metrics: dict) -> dict:
+  """Scalars as floats, vector metrics (e.g. one value per component) as lists of floats."""
+  return {k: (float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64).tolist())
+          for k, v in jax.device_get(metrics).items()}
 
 
 def fit(state: TrainState, frozen: PyTree, update, *, total_steps: int, workdir: str | None,
@@ -150,7 +158,7 @@ def fit(state: TrainState, frozen: PyTree, update, *, total_steps: int, workdir:
                                                         step % checkpoint_every == 0))
     if not (do_log or do_ckpt):
       continue
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    metrics = _to_host(metrics)
     if not math.isfinite(metrics["loss"]):
       raise NonFiniteLossError(
           f"{name}: non-finite loss {metrics['loss']} in steps {step - n}..{step}; "

@@ -1,5 +1,6 @@
 """L3D oracles (METHODS.md §6.4): closed-form gradients, the two paths against each other, Tucker
 blocks against mode products, top-k against a sort, references, normalisation, interventions."""
+import json
 import os
 
 import jax
@@ -371,6 +372,35 @@ def test_hidden_only_perturbation_leaves_other_tensors_and_specificity():
   np.testing.assert_allclose(ms.specificity(change, uses), [4.0])
 
 
+def test_feature_directions_and_private_share_on_parallel_models():
+  """Parallel scalar models: feature j's gradients live on w_j alone, so its best direction is
+  the one-hot e_j, all of its energy is private and moving along it leaves the other samples'
+  outputs unchanged. A shared output bias c makes part of every feature's energy public."""
+  apply, params, x = _parallel()
+  cfg = _cfg(n_subnets=4, rank=1)
+  like = {"w": jnp.zeros((4, 4))}
+  g, xg = ms.stacked_gradients(apply, params, ["w"], x, jax.random.PRNGKey(0), cfg, 8)
+  fd = ms.feature_directions(g, xg, like)
+  np.testing.assert_allclose(np.abs(l3d.blocks(fd)["w"]), np.eye(4), atol=1e-12)
+  np.testing.assert_allclose(ms.private_share(g, xg), 1.0, rtol=1e-7)  # 1e-10 in the denominator
+  change = ms.output_change(apply, params, fd, x, 0.5)
+  assert float(jnp.max(change * (x == 0).T)) == 0.0 and float(jnp.min(ms.specificity(
+      change, x != 0))) > 1e6
+  biased = lambda p, x: x * p["w"] + p["c"]
+  pc = {"w": params["w"], "c": jnp.array([0.3])}
+  g, xg = ms.stacked_gradients(biased, pc, ["w", "c"], x, jax.random.PRNGKey(1), cfg, 8)
+  share = ms.private_share(g, xg)
+  for j in range(4):
+    on = np.asarray(xg[:, j] != 0)
+    gj = np.asarray(g)[on]
+    want = np.sum(gj[:, 1 + j] ** 2) / np.sum(gj**2)  # columns in sorted path order: c, w
+    np.testing.assert_allclose(share[j], want, rtol=1e-7)
+    assert 0 < want < 1
+  fd = ms.feature_directions(g, xg, {"w": jnp.zeros((4, 4)), "c": jnp.zeros((4, 1))})
+  assert np.all(np.abs(np.asarray(l3d.blocks(fd)["c"])) > 0.01)  # public part: moves everyone
+  assert float(jnp.max(ms.specificity(ms.output_change(biased, pc, fd, x, 0.5), x != 0))) < 1e3
+
+
 # ------------------------------------------------------------------------------- errors and data
 
 def test_bad_config_and_shapes_fail_clearly():
@@ -447,6 +477,14 @@ def test_decompose_l3d_runner_writes_summary_and_figures(tmp_path):
   d.run.update(dict(log_every_epochs=1, checkpoint_every_epochs=1))
   s = dec.decompose(d, str(tmp_path / "d"))
   assert 0 < s["recon_train"] < 2 and len(s["p_act"]) == 5
+  # each epoch logs its P_act per subnetwork: all kept in the warm start (k = 0.999), and then
+  # summing to the mean number of coefficients kept per sample
+  with open(tmp_path / "d" / "metrics.jsonl") as f:
+    warm, top = [json.loads(line) for line in f]
+  assert [warm["step"], top["step"]] == [2, 4]
+  assert warm["p_act"] == [1.0] * 5
+  assert len(top["p_act"]) == 5 and all(0 <= p <= 1 for p in top["p_act"])
+  np.testing.assert_allclose(sum(top["p_act"]), top["active"], rtol=1e-6)
   # same held-out samples and references: no n_v directions do better than the bound
   assert 0 < s["recon_bound_heldout"] <= s["recon_heldout_pooled"] + 1e-6
   assert s["tms"]["distinct_matches"] <= 5 and len(s["specificity"]) == 5
@@ -491,10 +529,14 @@ def test_decomposition_data_zero_rows_option():
     zero = float(np.mean(np.all(np.asarray(x) == 0, axis=1)))  # keep: 0.95^5 = 0.774
     assert frac[0] <= zero <= frac[1], (mode, zero)
   assert t1.data.reject_zero  # the target's config is left alone
-  d.zero_rows = "keep"
-  with pytest.raises(ConfigError, match="zero_rows"):
-    t1.data.group_size = 5
-    dec.data_config(d, t1)
+  # co-active groups with random signs (TM3/TM4 style): groups kept whole, zero rows 0.95^2
+  t1.data.update(dict(group_size=5, random_sign=True))
+  t1.model = tms.model_config(10, 2)
+  x = np.asarray(training.batch(jax.random.PRNGKey(1), dec.data_config(d, t1), 4000))
+  act = (x != 0).reshape(-1, 2, 5)
+  assert np.all(act.all(-1) == act.any(-1)) and 0.4 < np.mean(x[x != 0] > 0) < 0.6
+  zero = np.mean(~act.any(axis=(1, 2)))
+  assert abs(zero - 0.95**2) < 4 * np.sqrt(0.1 / 4000), zero
   d.zero_rows = "never"
   with pytest.raises(ConfigError, match="zero_rows"):
     dec.validate(d)

@@ -36,13 +36,26 @@ def sparse_features_nonzero(key, batch: int, n_features: int, p: float, lo: floa
   sign with probability 1/2. Rejection sampling is done exactly in one pass: the first active
   group j has P(j) proportional to (1-p)^j p, the groups after it are independent.
   """
+  return grouped_features(key, batch, n_features, p, lo, hi, group_size, random_sign,
+                          reject_zero=True, dtype=dtype)
+
+
+def grouped_features(key, batch: int, n_features: int, p: float, lo: float = 0.0,
+                     hi: float = 1.0, group_size: int = 1, random_sign: bool = False,
+                     reject_zero: bool = False, dtype=jnp.float32) -> jax.Array:
+  """[batch, n_features] in co-active groups (see `sparse_features_nonzero`); all-zero rows are
+  rejected with `reject_zero`, else kept (each group independently active with probability p)."""
   if n_features % group_size:
     raise ValueError(f"{n_features} features do not split into groups of {group_size}")
   g = n_features // group_size
   kf, ka, kv, ks = jax.random.split(key, 4)
-  first = jax.random.categorical(kf, jnp.arange(g) * jnp.log1p(-p), shape=(batch,))
-  later = jax.random.bernoulli(ka, p, (batch, g)) & (jnp.arange(g) > first[:, None])
-  active = jnp.repeat((jnp.arange(g) == first[:, None]) | later, group_size, axis=1)
+  if reject_zero:
+    first = jax.random.categorical(kf, jnp.arange(g) * jnp.log1p(-p), shape=(batch,))
+    later = jax.random.bernoulli(ka, p, (batch, g)) & (jnp.arange(g) > first[:, None])
+    groups = (jnp.arange(g) == first[:, None]) | later
+  else:
+    groups = jax.random.bernoulli(ka, p, (batch, g))
+  active = jnp.repeat(groups, group_size, axis=1)
   values = jax.random.uniform(kv, (batch, n_features), dtype, lo, hi)
   if random_sign:
     values = jnp.where(jax.random.bernoulli(ks, 0.5, values.shape), values, -values)

@@ -86,9 +86,6 @@ def data_config(c, tcfg) -> ml_collections.ConfigDict:
   """The target's config with its data generator as c.zero_rows asks (a copy)."""
   tcfg = ml_collections.ConfigDict(tcfg.to_dict())
   if c.zero_rows != "target":
-    plain = tcfg.data.get("group_size", 1) == 1 and not tcfg.data.get("random_sign", False)
-    cfglib.require(c.zero_rows == "reject" or plain, "zero_rows",
-                   "'keep' needs a target without co-active groups or random signs")
     tcfg.data.reject_zero = c.zero_rows == "reject"
   return tcfg
 
@@ -167,10 +164,13 @@ def summarize(apply, params, state, c, tcfg, raw, data, key, workdir) -> dict:
   out["recon_train"], out["recon_train_pooled"] = losses(data, jax.random.fold_in(key, 5))
   out["recon_heldout"], out["recon_heldout_pooled"] = losses(held, jax.random.fold_in(key, 6))
   n_w = sum(w.size for w in pytree.get(params, list(state["dec"])).values())
-  if c.n_eval * n_w <= BOUND_MAX_ENTRIES:  # no n_v subnetworks can beat it, top-k or not
-    out["recon_bound_heldout"] = ms.reconstruction_bound(
-        apply, params, list(state["dec"]), held, jax.random.fold_in(key, 6), cfg, c.batch_size,
-        [cfg.n_subnets])[0]
+  if c.n_eval * n_w <= BOUND_MAX_ENTRIES:
+    g, xg = ms.stacked_gradients(apply, params, list(state["dec"]), held,
+                                 jax.random.fold_in(key, 6), cfg, c.batch_size)
+    # no n_v subnetworks can beat it, top-k or not
+    out["recon_bound_heldout"] = ms.energy_outside_top(g, [cfg.n_subnets])[0]
+    if tcfg.data.get("group_size", 1) == 1:
+      out.update(feature_direction_measures(apply, params, state, c, g, xg, held))
   pact = jax.jit(lambda s, p, x, k: l3d.p_act(apply, p, s, x, k, cfg, c.batch_size))(
       state, params, data, jax.random.fold_in(key, 7))
   out["p_act"] = [round(float(v), 5) for v in pact]
@@ -204,6 +204,19 @@ def summarize(apply, params, state, c, tcfg, raw, data, key, workdir) -> dict:
                                     os.path.join(workdir, "perturbation_sweeps.png"))]
   logging.info("summary: %s", json.dumps(out))
   return out
+
+
+def feature_direction_measures(apply, params, state, c, g, xg, held) -> dict:
+  """What one subnetwork per input feature could show at best (`l3d_measures.feature_directions`:
+  each feature's top gradient direction): its specificity (same measure and delta as the
+  subnetworks'), and the share of each feature's gradient energy on parameters no other sample
+  moves (`private_share`)."""
+  fd = ms.feature_directions(g, xg, l3d.blocks(state["dec"]))
+  uses = held != 0
+  rnd = lambda a: [round(float(v), 3) for v in a]
+  return {"feature_direction_specificity": rnd(ms.specificity(
+              ms.output_change(apply, params, fd, held, c.perturb_delta), uses)),
+          "feature_private_share": rnd(ms.private_share(g, xg))}
 
 
 def subnet_blocks(state) -> dict:

@@ -95,10 +95,12 @@ def evaluate_classifier(mod, params, x, y, chunk: int = 4096) -> dict:
 def batch(key, c: ml_collections.ConfigDict, batch_size: int | None = None) -> jax.Array:
   """A batch of the target's training distribution (c has 'model' and 'data' fields)."""
   n = batch_size or c.data.batch_size
-  if c.data.get("reject_zero", False):  # fields absent from targets saved before they existed
-    return data.sparse_features_nonzero(key, n, c.model.n_features, c.data.p, c.data.lo,
-                                        c.data.hi, c.data.get("group_size", 1),
-                                        c.data.get("random_sign", False))
+  # fields absent from targets saved before they existed
+  reject = c.data.get("reject_zero", False)
+  group, sign = c.data.get("group_size", 1), c.data.get("random_sign", False)
+  if reject or group > 1 or sign:
+    return data.grouped_features(key, n, c.model.n_features, c.data.p, c.data.lo, c.data.hi,
+                                 group, sign, reject_zero=reject)
   return data.sparse_features(key, n, c.model.n_features, c.data.p, c.data.lo, c.data.hi)
 
 

@@ -4,15 +4,16 @@
       --config.target_dir=runs/l3d_tm1 --workdir=runs/l3d_tm1_dec
 Every variant: 1000 points, batch 32, 1000 epochs, Adam lr 0.01 x 0.8 every 100 epochs, top-k
 fraction 0.1, all tensors (biases included) decomposed. tm1: 5 rank-1 subnetworks; tm2: 10
-rank-1; tm3: 10 rank-3 (the rank shown in the paper); tm4: 5 rank-2 with a 10-epoch warm start
+rank-1; tm3: 10 rank-3 (the rank shown in the paper); tm3-code: 8 rank-2 (the reference code's
+30-10-30, six groups); tm4: 5 rank-2 with a 10-epoch warm start
 at k = 0.999 (the reference code's setting for the squares model).
---config.zero_rows=keep decomposes on plain p = 0.05 sparsity (all-zero rows kept; TM1/TM2
-only): README, L3D known gaps.
+--config.zero_rows=keep decomposes on plain p = 0.05 sparsity (all-zero rows kept): README, L3D
+known gaps.
 """
 from toy_models.l3d_decomposition import default_config
 
-_VARIANTS = {"tm1": (5, 1, 0), "tm2": (10, 1, 0), "tm3": (10, 3, 0), "tm4": (5, 2, 10),
-             "tm4-code": (5, 2, 10)}
+_VARIANTS = {"tm1": (5, 1, 0), "tm2": (10, 1, 0), "tm3": (10, 3, 0), "tm3-code": (8, 2, 0),
+             "tm4": (5, 2, 10), "tm4-code": (5, 2, 10)}
 
 
 def get_config(variant: str = "tm1"):

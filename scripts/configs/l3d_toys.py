@@ -2,7 +2,8 @@
 
   python scripts/train_toy.py --config=scripts/configs/l3d_toys.py:tm1 --workdir=runs/l3d_tm1
 Variants: tm1 (TMS 5-2, tied), tm2 (circuit superposition 10-5-10), tm3 (higher-rank circuits:
-25 inputs in co-active groups of 5, hidden 10), tm4 (x -> x^2 MLP, 4 hidden layers of width 5,
+25 inputs in co-active groups of 5, hidden 10), tm3-code (the reference code's 30-10-30, six
+groups of 5), tm4 (x -> x^2 MLP, 4 hidden layers of width 5,
 GELU), tm4-code (the reference code's TM4: width 10, ELU after every layer, the output too).
 Feature probability 0.05 with all-zero rows rejected, U[0, 1] inputs (TM4: random sign),
 AdamW lr 1e-3, weight decay 1e-3, batch 32. The paper trains 1000 epochs over 10,000 points
@@ -11,7 +12,7 @@ AdamW lr 1e-3, weight decay 1e-3, batch 32. The paper trains 1000 epochs over 10
 from toy_models import circuits, squares, tms
 from toy_models.training import default_config
 
-VARIANTS = ("tm1", "tm2", "tm3", "tm4", "tm4-code")
+VARIANTS = ("tm1", "tm2", "tm3", "tm3-code", "tm4", "tm4-code")
 
 
 def get_config(variant: str = "tm1"):
@@ -23,8 +24,8 @@ def get_config(variant: str = "tm1"):
     c.model = tms.model_config(5, 2)
   elif variant == "tm2":
     c.model = circuits.model_config(n_features=10, n_hidden=5)
-  elif variant == "tm3":
-    c.model = circuits.model_config(n_features=25, n_hidden=10)
+  elif variant in ("tm3", "tm3-code"):
+    c.model = circuits.model_config(n_features=25 if variant == "tm3" else 30, n_hidden=10)
     c.data.group_size = 5
   elif variant == "tm4":
     c.model = squares.model_config(n_features=5, width=5, n_hidden_layers=4, activation="gelu")
