@@ -130,7 +130,8 @@ def scrub_losses(params, comps: Components, cfg, best, live, key, data_cfg, n_sa
   """Per-sample MSE to the target of the scrubbed, anti-scrubbed and batch top-k forward passes
   on training-distribution samples with at least one active feature, then of the scrubbed and
   anti-scrubbed passes of `ideal_masked_apply` with the same ablations (feature i kept iff its
-  responsible component best[i] is)."""
+  responsible component best[i] is); last, whether the sample has a positive active feature
+  (all-negative inputs leave every ReLU off, so no ablation changes much there)."""
   n = params["W_E"].shape[1]
   apply = resid_mlp.apply
   n_ablate = int(np.asarray(live).sum()) // 2
@@ -145,11 +146,11 @@ def scrub_losses(params, comps: Components, cfg, best, live, key, data_cfg, n_sa
     run = lambda m: _mse_per_sample(apd.masked_apply(apply, params, comps, m, x), y_star)
     ideal = lambda m: _mse_per_sample(ideal_masked_apply(params, x, m[:, best]), y_star)
     return (jnp.any(x != 0, axis=1), run(scrub), run(anti), run(topk), ideal(scrub),
-            ideal(anti))
+            ideal(anti), jnp.any(x > 0, axis=1))
 
   outs = [one_batch(jax.random.fold_in(key, i), params, comps)
           for i in range(max(1, n_samples // batch_size))]
-  nz, *losses = (np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(6))
+  nz, *losses = (np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(7))
   return tuple(v[nz] for v in losses)
 
 
@@ -198,7 +199,7 @@ def analyse(params, comps: Components, cfg, tcfg, key, workdir: str, n_samples: 
       "features_needing_more_than_one_component": int(np.sum(f_active > 1.5)),
   }
 
-  scrub, anti, topk, ideal_scrub, ideal_anti = scrub_losses(
+  scrub, anti, topk, ideal_scrub, ideal_anti, pos = scrub_losses(
       params, comps, cfg, jnp.asarray(best), jnp.asarray(live), jax.random.fold_in(key, 2),
       tcfg.data, n_samples, batch_size)
   mono = resid_mlp.monosemantic_mse(n, d_mlp, tcfg.data.p)
@@ -218,6 +219,12 @@ def analyse(params, comps: Components, cfg, tcfg, key, workdir: str, n_samples: 
       "ideal_scrubbed_mse_median": float(np.median(ideal_scrub)),
       "ideal_anti_scrubbed_mse_mean": float(ideal_anti.mean()),
       "ideal_anti_scrubbed_mse_median": float(np.median(ideal_anti)),
+      # the same on the samples with a positive active feature, where the MLP is on
+      "positive_input_fraction": float(pos.mean()),
+      "scrubbed_mse_mean_positive": float(scrub[pos].mean()),
+      "anti_scrubbed_mse_mean_positive": float(anti[pos].mean()),
+      "ideal_scrubbed_mse_mean_positive": float(ideal_scrub[pos].mean()),
+      "ideal_anti_scrubbed_mse_mean_positive": float(ideal_anti[pos].mean()),
   }
 
   if draw and jax.process_index() == 0:
