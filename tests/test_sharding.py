@@ -97,3 +97,30 @@ def test_components_not_divisible_over_the_mesh_fail_by_name(tmp_path):
                      env=_env(8), cwd=ROOT)
   assert r.returncode != 0
   assert "invalid config field 'run.mesh.components': C=8 components do not divide" in r.stderr
+
+
+_SPLIT_WORK = """
+import jax, jax.numpy as jnp
+from paramdecomp import grads, sharding
+mesh = sharding.make_mesh(8, 1)
+fn = lambda w, x: jnp.sum(jnp.tanh(w @ x) ** 2)
+def norms(w, x, chunk, split):
+  x = sharding.constrain_batch(mesh, x) if split else x
+  return grads.per_sample_grad_sq_norms(fn, w, x, chunk_size=chunk)
+w, x = jnp.ones((64, 64)), jnp.ones((64, 64))
+for chunk in (None, 16):
+  one, split = (jax.jit(norms, static_argnums=(2, 3)).lower(w, x, chunk, s).compile()
+                .cost_analysis()["flops"] for s in (False, True))
+  print(split / one)
+"""
+
+
+def test_chunked_per_sample_work_stays_split_over_the_data_axis():
+  """Per device, per-sample gradient norms of a batch split over 8 'data' devices cost 1/8 of
+  one device's (XLA's flop count of the program, a chunk's for the chunked scan), in chunks too:
+  every chunk is split over the devices, not run whole on one."""
+  r = subprocess.run([sys.executable, "-c", _SPLIT_WORK], capture_output=True, text=True,
+                     env=_env(8), cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-3000:]
+  np.testing.assert_allclose([float(v) for v in r.stdout.split()], [1 / 8] * 2, rtol=1e-3)
+
