@@ -131,7 +131,7 @@ def test_chunked_per_sample_work_stays_split_over_the_data_axis():
 
 # L3D on the APD target (TMS 5-2) with all-zero rows rejected, as TM1: 4 epochs of 4 steps,
 # 8 subnetworks so that they split over the 2x4 mesh's 4 'components' devices; the forward path
-# (jvps) with the gradient norms in chunks of 8, i.e. 2 samples per 'data' device and chunk
+# (jvps) with the gradient norms in chunks of 8, i.e. 4 samples per 'data' device and chunk
 L3D_STEPS = 16
 
 
