@@ -29,9 +29,13 @@ def _in_chunks(f: Callable[..., PyTree], batch, chunk_size: int | None) -> PyTre
     return f(*batch)
   if b % chunk_size:
     raise ValueError(f"batch {b} is not a multiple of chunk_size {chunk_size}")
-  chunked = [x.reshape((b // chunk_size, chunk_size) + x.shape[1:]) for x in batch]
+  # chunk j holds samples j, j + n, j + 2n, ... (n chunks): a batch split over devices in
+  # contiguous blocks (a mesh's 'data' axis) then splits every chunk alike, so each device works
+  # on its share of every chunk instead of the scan running whole chunks on one device
+  n = b // chunk_size
+  chunked = [x.reshape((chunk_size, n) + x.shape[1:]).swapaxes(0, 1) for x in batch]
   out = jax.lax.map(lambda xs: f(*xs), chunked)
-  return jax.tree.map(lambda y: y.reshape((b,) + y.shape[2:]), out)
+  return jax.tree.map(lambda y: y.swapaxes(0, 1).reshape((b,) + y.shape[2:]), out)
 
 
 def per_sample_grad_sq_norms(fn: Callable[..., jax.Array], params: PyTree, *batch: jax.Array,

@@ -5,12 +5,35 @@ from typing import Any
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
 import numpy as np
 
+from paramdecomp import config as cfglib
 from paramdecomp.config import ConfigError
 from paramdecomp.lowrank import Factors
 
 AXES = ("data", "components")
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+  """A runner's `run.mesh` field: devices per axis (1 x 1: no mesh)."""
+  return ml_collections.ConfigDict(dict(data=1, components=1))
+
+
+def validate_mesh(c: ml_collections.ConfigDict, n_components: int, what: str) -> None:
+  """Check a runner config's `run.mesh` against its `batch_size` and its `n_components`
+  components (`what` names them in the error, e.g. 'C=8 components')."""
+  cfglib.positive(c, "run.mesh.data", "run.mesh.components")
+  m = c.run.mesh
+  cfglib.require(c.batch_size % m.data == 0, "batch_size",
+                 f"{c.batch_size} does not divide over run.mesh.data={m.data} devices")
+  cfglib.require(n_components % m.components == 0, "run.mesh.components",
+                 f"{what} do not divide over {m.components} devices")
+
+
+def from_config(m: ml_collections.ConfigDict) -> Mesh | None:
+  """The mesh of a `run.mesh` field, or None for a single device."""
+  return make_mesh(m.data, m.components) if m.data * m.components > 1 else None
 
 
 def make_mesh(data: int = 1, components: int = 1) -> Mesh:
@@ -23,21 +46,26 @@ def make_mesh(data: int = 1, components: int = 1) -> Mesh:
   return Mesh(np.asarray(devices[:n]).reshape(data, components), AXES)
 
 
-def shard_state(mesh: Mesh, tree: Any) -> Any:
-  """Place `tree` on the mesh: the C axis of every `Factors` (components, and the optimiser
-  moments that mirror them) over 'components', everything else replicated."""
+def shard_state(mesh: Mesh, tree: Any, components: tuple[type, ...] = (Factors,)) -> Any:
+  """Place `tree` on the mesh: the C axis of every node of a `components` type (containers
+  whose arrays all lead with C, e.g. APD's `Factors`, L3D's `Tucker`; and the optimiser moments
+  that mirror them) over 'components', everything else replicated."""
   n = mesh.shape["components"]
   comp, rep = NamedSharding(mesh, P("components")), NamedSharding(mesh, P())
 
   def place(node):
-    if isinstance(node, Factors):
-      if node.U.shape[0] % n:
-        raise ConfigError("run.mesh.components",
-                          f"C={node.U.shape[0]} components do not divide over {n} devices")
+    if isinstance(node, components):
+      sizes = {a.shape[0] for a in jax.tree.leaves(node)}
+      if len(sizes) != 1:
+        raise ValueError(f"a {type(node).__name__}'s arrays lead with different sizes {sizes}")
+      (c,) = sizes
+      if c % n:
+        raise ConfigError("run.mesh.components", f"C={c} components do not divide over {n} "
+                          "devices")
       return put(node, comp)
     return put(node, rep)
 
-  return jax.tree.map(place, tree, is_leaf=lambda x: isinstance(x, Factors))
+  return jax.tree.map(place, tree, is_leaf=lambda x: isinstance(x, components))
 
 
 def put(tree: Any, sharding: NamedSharding) -> Any:

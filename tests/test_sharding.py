@@ -1,7 +1,10 @@
 """Sharded runs on simulated CPU devices, in one process and in two, agree with one device.
 
-Every run is a subprocess of scripts/decompose.py: the device count is fixed when jax starts.
+Every run is a subprocess of scripts/decompose.py (APD) or scripts/decompose_l3d.py: the device
+count is fixed when jax starts.
 """
+import base64
+import json
 import os
 import shutil
 import socket
@@ -13,7 +16,8 @@ import numpy as np
 import pytest
 
 from paramdecomp.checkpoint import load_on_one_device
-from toy_models import training
+from paramdecomp.config import ConfigError
+from toy_models import l3d_decomposition, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 60
@@ -48,8 +52,8 @@ def _run(cmd, devices=8):
   assert r.returncode == 0, r.stderr[-3000:]
 
 
-def _final(workdir):
-  tree = load_on_one_device(os.path.join(workdir, "checkpoints", str(STEPS), "default"))
+def _final(workdir, step=STEPS):
+  tree = load_on_one_device(os.path.join(workdir, "checkpoints", str(step), "default"))
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
@@ -97,3 +101,97 @@ def test_components_not_divisible_over_the_mesh_fail_by_name(tmp_path):
                      env=_env(8), cwd=ROOT)
   assert r.returncode != 0
   assert "invalid config field 'run.mesh.components': C=8 components do not divide" in r.stderr
+
+
+_SPLIT_WORK = """
+import jax, jax.numpy as jnp
+from paramdecomp import grads, sharding
+mesh = sharding.make_mesh(8, 1)
+fn = lambda w, x: jnp.sum(jnp.tanh(w @ x) ** 2)
+def norms(w, x, chunk, split):
+  x = sharding.constrain_batch(mesh, x) if split else x
+  return grads.per_sample_grad_sq_norms(fn, w, x, chunk_size=chunk)
+w, x = jnp.ones((64, 64)), jnp.ones((64, 64))
+for chunk in (None, 16):
+  one, split = (jax.jit(norms, static_argnums=(2, 3)).lower(w, x, chunk, s).compile()
+                .cost_analysis()["flops"] for s in (False, True))
+  print(split / one)
+"""
+
+
+def test_chunked_per_sample_work_stays_split_over_the_data_axis():
+  """Per device, per-sample gradient norms of a batch split over 8 'data' devices cost 1/8 of
+  one device's (XLA's flop count of the program, a chunk's for the chunked scan), in chunks too:
+  every chunk is split over the devices, not run whole on one."""
+  r = subprocess.run([sys.executable, "-c", _SPLIT_WORK], capture_output=True, text=True,
+                     env=_env(8), cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-3000:]
+  np.testing.assert_allclose([float(v) for v in r.stdout.split()], [1 / 8] * 2, rtol=1e-3)
+
+
+# L3D on the APD target (TMS 5-2) with all-zero rows rejected, as TM1: 4 epochs of 4 steps,
+# 8 subnetworks so that they split over the 2x4 mesh's 4 'components' devices; the forward path
+# (jvps) with the gradient norms in chunks of 8, i.e. 4 samples per 'data' device and chunk
+L3D_STEPS = 16
+
+
+def _l3d_cmd(target_dir, workdir, data, comps):
+  return [sys.executable, os.path.join(ROOT, "scripts", "decompose_l3d.py"),
+          f"--config={os.path.join(ROOT, 'scripts', 'configs', 'l3d_decompose.py')}:tm1",
+          f"--workdir={workdir}", f"--config.target_dir={target_dir}",
+          "--config.zero_rows=reject", "--config.n_samples=128", "--config.n_eval=64",
+          "--config.epochs=4", "--config.l3d.n_subnets=8", "--config.l3d.path=forward",
+          "--config.l3d.chunk_size=8", "--config.run.log_every_epochs=1",
+          "--config.run.checkpoint_every_epochs=4",
+          f"--config.run.mesh.data={data}", f"--config.run.mesh.components={comps}"]
+
+
+def _l3d_result(workdir) -> dict:
+  """{name: array} of an L3D run: final state leaves, per-epoch logged metrics, summary values."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    logged = [json.loads(line) for line in f]
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  del summary["figures"]  # paths
+  out = {f"state{i}": x for i, x in enumerate(_final(workdir, L3D_STEPS))}
+  out.update({f"logged {k}": np.asarray([m[k] for m in logged], np.float64)
+              for k in ("step", "loss", "active", "p_act")})
+  out.update({f"summary {jax.tree_util.keystr(k)}": np.asarray(v, np.float64)
+              for k, v in jax.tree_util.tree_leaves_with_path(summary)})
+  return out
+
+
+def test_l3d_on_a_2x4_mesh_matches_single_device(target_dir, tmp_path):
+  """State, logged loss / P_act per epoch and every summary value (reconstruction, bound, P_act,
+  specificity, TM1 matches) agree."""
+  # both at once: each run is mostly one core's compiling
+  procs = [subprocess.Popen(_l3d_cmd(target_dir, tmp_path / name, *mesh), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(devices), cwd=ROOT)
+           for name, mesh, devices in (("single", (1, 1), 1), ("mesh", (2, 4), 8))]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+  single, mesh = _l3d_result(tmp_path / "single"), _l3d_result(tmp_path / "mesh")
+  # the mesh run split its Tucker maps (3 + 3 + 2 arrays per side) and their Adam moments over
+  # 'components', the rest replicated
+  with open(tmp_path / "mesh" / "checkpoints" / str(L3D_STEPS) / "default" / "_sharding") as f:
+    specs = {base64.b64decode(k).decode(): json.loads(v)["partition_spec"]
+             for k, v in json.load(f).items()}
+  split = {k for k, v in specs.items() if v == ["components"]}
+  assert split == {k for k in specs if ".enc." in k or ".dec." in k} and len(split) == 3 * 2 * 8
+  assert list(single["logged step"]) == [4, 8, 12, 16]
+  assert single.keys() == mesh.keys() and len(single) > 20
+  for k in single:
+    np.testing.assert_allclose(mesh[k], single[k], rtol=2e-4, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("mesh, field, why", [
+    ((3, 1), "batch_size", "32 does not divide over run.mesh.data=3 devices"),
+    ((1, 3), "run.mesh.components", "l3d.n_subnets=5 subnetworks do not divide over 3 devices")])
+def test_l3d_batch_or_subnetworks_not_divisible_over_the_mesh_fail_by_name(mesh, field, why,
+                                                                          tmp_path):
+  c = l3d_decomposition.default_config()
+  c.target_dir = "unused"  # the config is checked before anything is loaded
+  c.run.mesh.data, c.run.mesh.components = mesh
+  with pytest.raises(ConfigError, match=f"invalid config field '{field}': {why}"):
+    l3d_decomposition.decompose(c, str(tmp_path / "x"))

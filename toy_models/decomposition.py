@@ -31,7 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
                                            warmup_pct=0.05, halflife=1000.0))
   c.run = ml_collections.ConfigDict(dict(log_every=1000, steps_per_dispatch=100,
                                          checkpoint_every=5000))
-  c.run.mesh = ml_collections.ConfigDict(dict(data=1, components=1))  # devices per axis
+  c.run.mesh = sharding.mesh_config()
   # the model's analyses after training (ResidMLP, §1.9): samples per test, component cutoff
   c.analysis = ml_collections.ConfigDict(dict(n_samples=20_000, batch_size=256, cutoff=0.1))
   return c
@@ -45,13 +45,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cfglib.one_of(c, "optim.schedule", schedules.KINDS)
   cfglib.positive(c, "batch_size", "optim.lr", "optim.steps", "run.steps_per_dispatch")
   cfglib.require(bool(c.target_dir), "target_dir", "is empty; name a scripts/train_toy.py run")
-  cfglib.positive(c, "run.mesh.data", "run.mesh.components", "analysis.n_samples",
-                  "analysis.batch_size")
-  cfglib.require(c.batch_size % c.run.mesh.data == 0, "batch_size",
-                 f"{c.batch_size} does not divide over run.mesh.data={c.run.mesh.data} devices")
-  cfglib.require(c[c.method].C % c.run.mesh.components == 0, "run.mesh.components",
-                 f"C={c[c.method].C} components do not divide over {c.run.mesh.components} "
-                 "devices")
+  cfglib.positive(c, "analysis.n_samples", "analysis.batch_size")
+  sharding.validate_mesh(c, c[c.method].C, f"C={c[c.method].C} components")
 
 
 def optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -67,9 +62,7 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
   method, mcfg = METHODS[c.method], c[c.method]
   os.makedirs(workdir, exist_ok=True)
 
-  mesh = None
-  if c.run.mesh.data * c.run.mesh.components > 1:
-    mesh = sharding.make_mesh(c.run.mesh.data, c.run.mesh.components)
+  mesh = sharding.from_config(c.run.mesh)
 
   def batch_fn(key):
     x = batch(key, tcfg, c.batch_size)

@@ -5,7 +5,9 @@ its own runner; it reuses the shared loop (`train.fit`), checkpoints and summary
 draws `batch_size` distinct points of the set uniformly (i.i.d. subsets rather than the reference
 code's per-epoch shuffle); one epoch = n_samples // batch_size steps. The learning rate decays by
 `lr_decay` every `lr_decay_epochs` epochs (StepLR); the first `warm_start_epochs` epochs keep a
-fraction `warm_start_topk` of the coefficients.
+fraction `warm_start_topk` of the coefficients. On a `run.mesh` (as APD's runner) each step's batch
+and its per-sample gradient / `jvp` work split over 'data', the subnetworks' Tucker maps (and their
+Adam moments) over 'components'; the training set and the target are replicated.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from paramdecomp import figures, l3d, pytree, train
+from paramdecomp import figures, l3d, pytree, sharding, train
 from paramdecomp import config as cfglib
 from paramdecomp import l3d_measures as ms
 from paramdecomp.checkpoint import Checkpointer, save_json
@@ -53,6 +55,7 @@ def default_config() -> ml_collections.ConfigDict:
   # specificity (l3d_measures.specificity) at delta and delta / 10; the sweeps span +-4 delta
   c.perturb_delta = 0.5
   c.run = ml_collections.ConfigDict(dict(log_every_epochs=50, checkpoint_every_epochs=100))
+  c.run.mesh = sharding.mesh_config()
   return c
 
 
@@ -69,6 +72,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cfglib.require(0 <= c.warm_start_epochs <= c.epochs, "warm_start_epochs",
                  f"must be in [0, epochs={c.epochs}], got {c.warm_start_epochs}")
   cfglib.require(bool(c.target_dir), "target_dir", "is empty; name a scripts/train_toy.py run")
+  sharding.validate_mesh(c, c.l3d.n_subnets, f"l3d.n_subnets={c.l3d.n_subnets} subnetworks")
 
 
 def decomposable(tcfg, params):
@@ -90,15 +94,17 @@ def data_config(c, tcfg) -> ml_collections.ConfigDict:
   return tcfg
 
 
-def make_update(apply, cfg, batch_size: int, optimizer):
-  """An L3D step over a fixed data set: frozen = {'target': params, 'data': [N, ...]}."""
+def make_update(apply, cfg, batch_size: int, optimizer, mesh=None):
+  """An L3D step over a fixed data set: frozen = {'target': params, 'data': [N, ...]}; on a
+  `mesh` the step's batch splits over 'data'."""
   post = lambda s: {"enc": s["enc"], "dec": l3d.normalize(s["dec"], cfg.decoder_norm)}
 
   def loss_fn(state, frozen, key):
     kx, kr = jax.random.split(key)
     data = frozen["data"]
-    idx = jax.random.choice(kx, data.shape[0], (batch_size,), replace=False)
-    return l3d.loss(state, frozen["target"], data[idx], kr, apply=apply, cfg=cfg)
+    x = data[jax.random.choice(kx, data.shape[0], (batch_size,), replace=False)]
+    x = x if mesh is None else sharding.constrain_batch(mesh, x)
+    return l3d.loss(state, frozen["target"], x, kr, apply=apply, cfg=cfg)
 
   return train.make_update(loss_fn, optimizer, post_update=post)
 
@@ -110,6 +116,7 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
   tcfg = data_config(c, tcfg)
   apply, params = decomposable(tcfg, raw)
   os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.from_config(c.run.mesh)
   key = jax.random.PRNGKey(c.seed)
   data = batch(jax.random.fold_in(key, 3), tcfg, c.n_samples)
   spe = c.n_samples // c.batch_size
@@ -117,6 +124,9 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
   opt = optax.adam(sched)
   state = train.init_state(l3d.init(jax.random.fold_in(key, 0), params, c.l3d), opt,
                            jax.random.fold_in(key, 1))
+  if mesh is not None:  # before any restore, so a checkpoint lands on this run's mesh
+    state = sharding.shard_state(mesh, state, components=(l3d.Tucker,))
+    params, data = sharding.replicate(mesh, (params, data))
   ck = Checkpointer(workdir)
   state = ck.start(state, resume)
   save_json(os.path.join(workdir, "config.json"), c.to_dict())
@@ -126,12 +136,13 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
   if c.warm_start_epochs and int(state.step) < c.warm_start_epochs * spe:
     warm = ml_collections.ConfigDict(c.l3d.to_dict())
     warm.topk = c.warm_start_topk
-    state = train.fit(state, frozen, make_update(apply, warm, c.batch_size, opt),
+    state = train.fit(state, frozen, make_update(apply, warm, c.batch_size, opt, mesh),
                       total_steps=c.warm_start_epochs * spe, name="l3d-warm", **kw)
-  state = train.fit(state, frozen, make_update(apply, c.l3d, c.batch_size, opt),
+  state = train.fit(state, frozen, make_update(apply, c.l3d, c.batch_size, opt, mesh),
                     total_steps=c.epochs * spe, name="l3d", **kw)
   ck.close()
-  summary = summarize(apply, params, state.params, c, tcfg, raw, data, key, workdir)
+  summary = summarize(apply, params, sharding.gather(state.params), c, tcfg, raw, data, key,
+                      workdir)
   save_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
