@@ -46,22 +46,40 @@ def test_resid_mlp_1_layer_target(tmp_path):
   assert 1.5 <= rep["response_at_1_mean"] <= 1.75
 
 
-@pytest.mark.slow
-def test_apd_resid_mlp_1_layer(tmp_path):
-  """§1.10: roughly one component per feature whose neurons line up with the target's, and
-  ablating the components of the active features costs far more than ablating others."""
+def _decompose_resid_mlp(tmp_path, layers):
   configs = os.path.join(ROOT, "scripts", "configs")
   subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train_toy.py"),
-                  f"--config={os.path.join(configs, 'resid_mlp.py')}:1-layer",
+                  f"--config={os.path.join(configs, 'resid_mlp.py')}:{layers}",
                   f"--workdir={tmp_path / 'target'}"], check=True, cwd=ROOT)
   subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "decompose.py"),
-                  f"--config={os.path.join(configs, 'apd_resid_mlp.py')}:1-layer-rank1",
+                  f"--config={os.path.join(configs, 'apd_resid_mlp.py')}:{layers}-rank1",
                   f"--config.target_dir={tmp_path / 'target'}",
                   f"--workdir={tmp_path / 'apd'}"], check=True, cwd=ROOT)
   with open(tmp_path / "apd" / "summary.json") as f:
-    s = json.load(f)
-  assert s["features"]["distinct_best_components"] >= 85          # measured 94
-  assert s["features"]["single_dominant_fraction"] >= 0.85         # measured 0.95
-  assert s["features"]["neuron_contribution_cosine_median"] >= 0.95  # measured 0.995
-  # the paper's order of magnitude is not reached here (README); measured 3.2x
-  assert s["scrubbing"]["anti_scrubbed_mse_mean"] >= 2 * s["scrubbing"]["scrubbed_mse_mean"]
+    return json.load(f)
+
+
+def _assert_paper_picture(s, distinct, mono):
+  """One component per feature with the target's neurons, and scrubbing as costly as for the
+  ideal per-feature decomposition of the same target (`resid_mlp_apd.ideal_masked_apply`), whose
+  anti-scrubbed / scrubbed ratio is itself only 3-4x on these targets (README)."""
+  f, sc = s["features"], s["scrubbing"]
+  assert f["distinct_best_components"] >= distinct
+  assert f["single_dominant_fraction"] >= 0.9
+  assert f["neuron_contribution_cosine_median"] >= 0.95
+  assert s["component_counts"]["monosemantic"] >= mono
+  assert sc["scrubbed_mse_mean"] <= 2 * sc["ideal_scrubbed_mse_mean"]
+  assert sc["anti_scrubbed_mse_mean"] >= 0.8 * sc["ideal_anti_scrubbed_mse_mean"]
+  assert sc["anti_scrubbed_mse_mean"] >= 2 * sc["scrubbed_mse_mean"]
+
+
+@pytest.mark.slow
+def test_apd_resid_mlp_1_layer(tmp_path):
+  """§1.10 on the compressed-computation target (measured: README)."""
+  _assert_paper_picture(_decompose_resid_mlp(tmp_path, "1-layer"), distinct=95, mono=90)
+
+
+@pytest.mark.slow
+def test_apd_resid_mlp_2_layer(tmp_path):
+  """§1.10 on the cross-layer target: components span both layers (measured: README)."""
+  _assert_paper_picture(_decompose_resid_mlp(tmp_path, "2-layer"), distinct=95, mono=90)

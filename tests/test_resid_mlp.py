@@ -156,6 +156,8 @@ def test_decomposition_run_writes_the_analyses(tmp_path):
   assert np.isfinite(s["act_recon"]) and s["act_recon"] > 0
   assert sum(v for k, v in s["component_counts"].items() if k != "cutoff") == 12
   assert 0 <= s["features"]["single_dominant_fraction"] <= 1
+  for who in ("target", "component"):       # two layers: the off-main-layer share is <= 1/2
+    assert 0 <= s["features"][f"{who}_off_main_layer_share_median"] <= 0.5
   assert s["scrubbing"]["n_ablated"] == s["features"]["distinct_best_components"] // 2
   ideal = s["scrubbing"]
   assert 0 < ideal["ideal_scrubbed_mse_mean"] < ideal["ideal_anti_scrubbed_mse_mean"]

@@ -181,6 +181,15 @@ def analyse(params, comps: Components, cfg, tcfg, key, workdir: str, n_samples: 
       "neuron_contribution_cosine_ge_0.9_fraction": float(np.mean(cos >= 0.9)),
       "features_sharing_a_best_component": int(n - live.sum()),
   }
+  if len(params["layers"]) > 1:
+    # cross-layer representations: how much of each feature's neuron contribution (target) and
+    # of its best component's lies outside the layer holding most of it
+    bounds = np.cumsum([0] + [layer["W_in"].shape[0] for layer in params["layers"].values()])
+    per_layer = lambda nc: np.stack([np.abs(nc[:, a:b]).sum(1) for a, b in
+                                     zip(bounds[:-1], bounds[1:])], 1)
+    off_main = lambda nc: 1 - per_layer(nc).max(1) / np.maximum(per_layer(nc).sum(1), 1e-30)
+    out["features"]["target_off_main_layer_share_median"] = float(np.median(off_main(target_nc)))
+    out["features"]["component_off_main_layer_share_median"] = float(np.median(off_main(comp_nc)))
 
   diag = np.asarray(diag_relu_contributions(params, comps))         # [C, n]
   out["component_counts"] = {**count_components(diag, cutoff), "cutoff": cutoff}
