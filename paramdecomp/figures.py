@@ -145,7 +145,7 @@ def scrub_histograms(scrub: np.ndarray, anti: np.ndarray, topk_mse: float, basel
   ax.axvline(baseline, color="C3", ls=":", lw=1, label="monosemantic baseline")
   if ideal is not None:
     for v, color, what in zip(ideal, ("C0", "C1"), ("scrubbed", "anti-scrubbed")):
-      ax.axvline(v, color=color, ls="-.", lw=1, label=f"ideal decomposition, {what} (mean)")
+      ax.axvline(v, color=color, ls="-.", lw=1, label=f"ideal rank-1 per-feature, {what} (mean)")
   ax.set_xscale("log"), ax.set_xlabel("MSE to target"), ax.set_ylabel("samples")
   ax.legend(fontsize=8)
   return _save(fig, path, "Ablating half of the live components")

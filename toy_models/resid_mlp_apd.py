@@ -222,8 +222,8 @@ def analyse(params, comps: Components, cfg, tcfg, key, workdir: str, n_samples: 
       # ReLU, so ablating their components changes little: the histograms are bimodal)
       "per_sample_ratio_ge_10_fraction": float(np.mean(anti >= 10 * scrub)),
       "topk_mse_mean": float(topk.mean()), "monosemantic_baseline_mse": mono,
-      # the same ablations of the ideal per-feature decomposition: the floor set by the target's
-      # own interference, which other features' components must carry
+      # the same ablations of the ideal rank-1 per-feature decomposition: what the target's own
+      # interference costs when only the other features' components can write it
       "ideal_scrubbed_mse_mean": float(ideal_scrub.mean()),
       "ideal_scrubbed_mse_median": float(np.median(ideal_scrub)),
       "ideal_anti_scrubbed_mse_mean": float(ideal_anti.mean()),
