@@ -50,7 +50,6 @@ def init_distributed() -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-
 def machine_line() -> str:
   """'# jax <version>, <platform> (<device kind>), <n> cpus, <processor>' for benchmark output."""
   dev = jax.devices()[0]

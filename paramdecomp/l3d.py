@@ -307,13 +307,19 @@ def loss_from_outputs(state: dict, params, x, y0, y_ref, *, apply: Callable, cfg
                 "err": err, "total": total}
 
 
-def loss(state: dict, params, x: jax.Array, key, *, apply: Callable, cfg, path: str | None = None):
-  """(loss, metrics) on batch x: target outputs, references drawn with `key`, loss; metrics
-  'active' (mean kept coefficients per sample) and 'p_act' ([n_v] share of samples kept)."""
+def batch_loss(state: dict, params, x: jax.Array, key, *, apply: Callable, cfg,
+               path: str | None = None):
+  """`loss_from_outputs` on batch x: the target's outputs, references drawn with `key`."""
   check_subnets(params, state)
   y0 = jax.lax.stop_gradient(apply(params, x))
   y_ref = references(key, y0, cfg.reference, cfg.sequence)
-  value, m = loss_from_outputs(state, params, x, y0, y_ref, apply=apply, cfg=cfg, path=path)
+  return loss_from_outputs(state, params, x, y0, y_ref, apply=apply, cfg=cfg, path=path)
+
+
+def loss(state: dict, params, x: jax.Array, key, *, apply: Callable, cfg, path: str | None = None):
+  """(loss, metrics) on batch x (`batch_loss`); metrics 'active' (mean kept coefficients per
+  sample) and 'p_act' ([n_v] share of samples kept)."""
+  value, m = batch_loss(state, params, x, key, apply=apply, cfg=cfg, path=path)
   # p_act [n_v]: the batch's share of samples on which each subnetwork survives top-k; its mean
   # over an epoch's steps is that epoch's P_act (§3.3)
   return value, {"active": m["active"], "p_act": jnp.mean(m["mask"], axis=0)}
@@ -341,9 +347,7 @@ def p_act(apply, params, state: dict, xs: jax.Array, key, cfg, batch_size: int) 
 
   def one(args):
     x, k = args
-    y0 = apply(params, x)
-    y_ref = references(k, y0, cfg.reference, cfg.sequence)
-    _, m = loss_from_outputs(state, params, x, y0, y_ref, apply=apply, cfg=cfg)
+    _, m = batch_loss(state, params, x, k, apply=apply, cfg=cfg)
     return jnp.mean(m["mask"], axis=0)
 
   return jnp.mean(jax.lax.map(one, (xb, keys)), axis=0)

@@ -157,9 +157,7 @@ def summarize(apply, params, state, c, tcfg, raw, data, key, workdir) -> dict:
 
   @jax.jit
   def loss_fn(s, p, x, k):
-    y0 = apply(p, x)
-    _, m = l3d.loss_from_outputs(s, p, x, y0, l3d.references(k, y0, cfg.reference, cfg.sequence),
-                                 apply=apply, cfg=cfg)
+    _, m = l3d.batch_loss(s, p, x, k, apply=apply, cfg=cfg)
     return m["err"], m["total"]
 
   def losses(xs, k):
