@@ -221,7 +221,8 @@ def analyse(params, comps: Components, cfg, tcfg, key, workdir: str, n_samples: 
       # the same sample under both ablations (inputs whose features are all negative pass no
       # ReLU, so ablating their components changes little: the histograms are bimodal)
       "per_sample_ratio_ge_10_fraction": float(np.mean(anti >= 10 * scrub)),
-      "topk_mse_mean": float(topk.mean()), "monosemantic_baseline_mse": mono,
+      "topk_mse_mean": float(topk.mean()), "topk_mse_median": float(np.median(topk)),
+      "monosemantic_baseline_mse": mono,
       # the same ablations of the ideal rank-1 per-feature decomposition: what the target's own
       # interference costs when only the other features' components can write it
       "ideal_scrubbed_mse_mean": float(ideal_scrub.mean()),
@@ -234,7 +235,18 @@ def analyse(params, comps: Components, cfg, tcfg, key, workdir: str, n_samples: 
       "anti_scrubbed_mse_mean_positive": float(anti[pos].mean()),
       "ideal_scrubbed_mse_mean_positive": float(ideal_scrub[pos].mean()),
       "ideal_anti_scrubbed_mse_mean_positive": float(ideal_anti[pos].mean()),
+      "topk_mse_mean_positive": float(topk[pos].mean()),
   }
+  # how far each ablation raises the MSE of the unablated APD model (its batch top-k pass on the
+  # same samples, the line the paper draws over the histograms), on all samples and on those
+  # with a positive active feature
+  ratio = lambda a, b: float(a / max(b, 1e-30))
+  for name, v in (("scrubbed", scrub), ("anti", anti)):
+    for sub, sel in (("", slice(None)), ("_positive", pos)):
+      out["scrubbing"][f"{name}_over_topk_mean_ratio{sub}"] = ratio(v[sel].mean(),
+                                                                   topk[sel].mean())
+      out["scrubbing"][f"{name}_over_topk_median_ratio{sub}"] = ratio(np.median(v[sel]),
+                                                                     np.median(topk[sel]))
 
   if draw and jax.process_index() == 0:
     values = jnp.linspace(0.0, 1.0, 51)
