@@ -23,6 +23,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 60
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent compilation cache for this module's runs, fresh each session: a toy run is
+  mostly compiling, and the runs share many programs (e.g. every L3D summary's one-device work)."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+    mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    yield
+
+
 @pytest.fixture(scope="module")
 def target_dir(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("target"))
@@ -58,13 +68,24 @@ def _start(cmd, devices):
 
 
 def _wait(*procs) -> list[str]:
-  """The stderr of each of `procs`, which must all succeed."""
+  """The stderr of each of `procs`, which must all succeed (any left running when one fails are
+  stopped)."""
   errs = []
-  for p in procs:
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err[-3000:]
-    errs.append(err)
+  try:
+    for p in procs:
+      _, err = p.communicate(timeout=300)
+      assert p.returncode == 0, err[-3000:]
+      errs.append(err)
+  finally:
+    _stop(*procs)
   return errs
+
+
+def _stop(*procs):
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+      p.communicate()
 
 
 def _two_processes(cmd, *args):
@@ -200,13 +221,17 @@ class _L3DRun:
 @pytest.fixture(scope="module")
 def l3d_single(target_dir, tmp_path_factory):
   d = tmp_path_factory.mktemp("l3d_single") / "run"
-  return _L3DRun(d, [_start(_l3d_cmd(target_dir, d, 1, 1), 1)])
+  run = _L3DRun(d, [_start(_l3d_cmd(target_dir, d, 1, 1), 1)])
+  yield run
+  _stop(*run.procs)  # unless a test waited for it
 
 
 @pytest.fixture(scope="module")
 def l3d_mesh(target_dir, tmp_path_factory):
   d = tmp_path_factory.mktemp("l3d_mesh") / "run"
-  return _L3DRun(d, [_start(_l3d_cmd(target_dir, d, 2, 4), 8)])
+  run = _L3DRun(d, [_start(_l3d_cmd(target_dir, d, 2, 4), 8)])
+  yield run
+  _stop(*run.procs)
 
 
 def test_l3d_on_a_2x4_mesh_matches_single_device(l3d_single, l3d_mesh):
