@@ -100,3 +100,9 @@ def gather(tree: Any) -> Any:
       return a
     return jax.jit(lambda x: x, out_shardings=NamedSharding(sh.mesh, P()))(a)
   return jax.tree.map(one, tree)
+
+
+def to_host(tree: Any) -> Any:
+  """Every array of `tree` whole as a numpy array on every process, wherever it lies (one device,
+  a mesh, a mesh over several processes): for host-side work after a sharded run."""
+  return jax.tree.map(np.asarray, gather(tree))

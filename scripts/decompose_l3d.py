@@ -4,20 +4,26 @@ subnetworks.png (subnetwork blocks next to the target's tensors) and perturbatio
   python scripts/train_toy.py --config=scripts/configs/l3d_toys.py:tm1 --workdir=runs/l3d_tm1
   python scripts/decompose_l3d.py --config=scripts/configs/l3d_decompose.py:tm1 \
       --config.target_dir=runs/l3d_tm1 --workdir=runs/l3d_tm1_dec [--resume]
+
+Multi-host: run the same command on every host with --coordinator_address=host0:port
+--num_processes=N --process_id=i and a --config.run.mesh.* over all hosts' devices (see BUILD.md).
 """
 import json
 
 from absl import app
 
-from paramdecomp.cli import define_run_flags, setup_logging
+from paramdecomp.cli import (define_distributed_flags, define_run_flags, init_distributed,
+                             setup_logging)
 from toy_models.l3d_decomposition import decompose
 
 _CONFIG, _WORKDIR, _RESUME = define_run_flags("L3D decomposition")
+define_distributed_flags()
 
 
 def main(argv):
   del argv
   setup_logging()
+  init_distributed()
   summary = decompose(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
   print(json.dumps(summary, indent=2), flush=True)
 

@@ -23,6 +23,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 60
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent compilation cache for this module's runs, fresh each session: a toy run is
+  mostly compiling, and the runs share many programs (e.g. every L3D summary's one-device work)."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+    mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    yield
+
+
 @pytest.fixture(scope="module")
 def target_dir(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("target"))
@@ -50,6 +60,41 @@ def _env(devices):
 def _run(cmd, devices=8):
   r = subprocess.run(cmd, capture_output=True, text=True, env=_env(devices), cwd=ROOT)
   assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _start(cmd, devices):
+  return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=_env(devices), cwd=ROOT)
+
+
+def _wait(*procs) -> list[str]:
+  """The stderr of each of `procs`, which must all succeed (any left running when one fails are
+  stopped)."""
+  errs = []
+  try:
+    for p in procs:
+      _, err = p.communicate(timeout=300)
+      assert p.returncode == 0, err[-3000:]
+      errs.append(err)
+  finally:
+    _stop(*procs)
+  return errs
+
+
+def _stop(*procs):
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+      p.communicate()
+
+
+def _two_processes(cmd, *args):
+  """Processes 0 and 1 of a run on loopback, 4 devices each: `cmd(*args, *distributed flags)`."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  return [_start(cmd(*args, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                     f"--process_id={i}"), 4) for i in range(2)]
 
 
 def _final(workdir, step=STEPS):
@@ -82,17 +127,7 @@ def test_sharded_run_matches_single_device_and_restores_across_meshes(target_dir
 
 
 def test_two_processes_on_loopback_match_single_device(target_dir, single, tmp_path):
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  procs = [subprocess.Popen(
-      _cmd(target_dir, tmp_path / "multi", 2, 4, f"--coordinator_address=127.0.0.1:{port}",
-           "--num_processes=2", f"--process_id={i}"),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(4), cwd=ROOT)
-      for i in range(2)]
-  for p in procs:
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err[-3000:]
+  _wait(*_two_processes(_cmd, target_dir, tmp_path / "multi", 2, 4))
   _assert_close(single, _final(tmp_path / "multi"))
 
 
@@ -135,15 +170,15 @@ def test_chunked_per_sample_work_stays_split_over_the_data_axis():
 L3D_STEPS = 16
 
 
-def _l3d_cmd(target_dir, workdir, data, comps):
+def _l3d_cmd(target_dir, workdir, data, comps, *extra):
   return [sys.executable, os.path.join(ROOT, "scripts", "decompose_l3d.py"),
           f"--config={os.path.join(ROOT, 'scripts', 'configs', 'l3d_decompose.py')}:tm1",
           f"--workdir={workdir}", f"--config.target_dir={target_dir}",
           "--config.zero_rows=reject", "--config.n_samples=128", "--config.n_eval=64",
           "--config.epochs=4", "--config.l3d.n_subnets=8", "--config.l3d.path=forward",
           "--config.l3d.chunk_size=8", "--config.run.log_every_epochs=1",
-          "--config.run.checkpoint_every_epochs=4",
-          f"--config.run.mesh.data={data}", f"--config.run.mesh.components={comps}"]
+          "--config.run.checkpoint_every_epochs=2",
+          f"--config.run.mesh.data={data}", f"--config.run.mesh.components={comps}", *extra]
 
 
 def _l3d_result(workdir) -> dict:
@@ -161,28 +196,81 @@ def _l3d_result(workdir) -> dict:
   return out
 
 
-def test_l3d_on_a_2x4_mesh_matches_single_device(target_dir, tmp_path):
+def _assert_l3d_close(got: dict, want: dict):
+  assert got.keys() == want.keys() and len(want) > 20
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=2e-4, atol=1e-6, err_msg=k)
+
+
+class _L3DRun:
+  """An L3D run started in the background (one process, or several of one run); `result()`
+  waits for it and reads its `_l3d_result`, once."""
+
+  def __init__(self, workdir, procs):
+    self.workdir, self.procs, self.stderr, self._result = workdir, procs, None, None
+
+  def result(self) -> dict:
+    if self._result is None:
+      self.stderr = _wait(*self.procs)
+      self._result = _l3d_result(self.workdir)
+    return self._result
+
+
+# Module-wide runs, started when a test first asks for them so that they overlap its own runs
+# (each run is mostly one core's compiling), and shared by the tests that compare with them.
+@pytest.fixture(scope="module")
+def l3d_single(target_dir, tmp_path_factory):
+  d = tmp_path_factory.mktemp("l3d_single") / "run"
+  run = _L3DRun(d, [_start(_l3d_cmd(target_dir, d, 1, 1), 1)])
+  yield run
+  _stop(*run.procs)  # unless a test waited for it
+
+
+@pytest.fixture(scope="module")
+def l3d_mesh(target_dir, tmp_path_factory):
+  d = tmp_path_factory.mktemp("l3d_mesh") / "run"
+  run = _L3DRun(d, [_start(_l3d_cmd(target_dir, d, 2, 4), 8)])
+  yield run
+  _stop(*run.procs)
+
+
+def test_l3d_on_a_2x4_mesh_matches_single_device(l3d_single, l3d_mesh):
   """State, logged loss / P_act per epoch and every summary value (reconstruction, bound, P_act,
   specificity, TM1 matches) agree."""
-  # both at once: each run is mostly one core's compiling
-  procs = [subprocess.Popen(_l3d_cmd(target_dir, tmp_path / name, *mesh), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(devices), cwd=ROOT)
-           for name, mesh, devices in (("single", (1, 1), 1), ("mesh", (2, 4), 8))]
-  for p in procs:
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err[-3000:]
-  single, mesh = _l3d_result(tmp_path / "single"), _l3d_result(tmp_path / "mesh")
+  single, mesh = l3d_single.result(), l3d_mesh.result()
   # the mesh run split its Tucker maps (3 + 3 + 2 arrays per side) and their Adam moments over
   # 'components', the rest replicated
-  with open(tmp_path / "mesh" / "checkpoints" / str(L3D_STEPS) / "default" / "_sharding") as f:
+  with open(l3d_mesh.workdir / "checkpoints" / str(L3D_STEPS) / "default" / "_sharding") as f:
     specs = {base64.b64decode(k).decode(): json.loads(v)["partition_spec"]
              for k, v in json.load(f).items()}
   split = {k for k, v in specs.items() if v == ["components"]}
   assert split == {k for k in specs if ".enc." in k or ".dec." in k} and len(split) == 3 * 2 * 8
   assert list(single["logged step"]) == [4, 8, 12, 16]
-  assert single.keys() == mesh.keys() and len(single) > 20
-  for k in single:
-    np.testing.assert_allclose(mesh[k], single[k], rtol=2e-4, atol=1e-6, err_msg=k)
+  _assert_l3d_close(mesh, single)
+
+
+def test_l3d_checkpoint_of_a_2x4_mesh_resumes_on_4x2_to_the_same_end(target_dir, l3d_single,
+                                                                      l3d_mesh, tmp_path):
+  """The 2x4 run's step-8 checkpoint (its last one deleted) continues on a 4x2 mesh to the
+  single-device run's state, log and summary."""
+  l3d_mesh.result()
+  moved = tmp_path / "moved"
+  shutil.copytree(l3d_mesh.workdir, moved)
+  shutil.rmtree(moved / "checkpoints" / str(L3D_STEPS))
+  os.remove(moved / "summary.json")
+  run = _L3DRun(moved, [_start(_l3d_cmd(target_dir, moved, 4, 2, "--resume"), 8)])
+  got = run.result()
+  assert "resuming from step 8 " in run.stderr[0]
+  _assert_l3d_close(got, l3d_single.result())
+
+
+def test_l3d_two_processes_on_loopback_match_single_device(target_dir, l3d_single, tmp_path):
+  """2 processes x 4 devices on a 2x4 mesh: the same state, log and summary as one device;
+  process 0 alone writes the log (once per epoch), the summary and the figures."""
+  multi = tmp_path / "multi"
+  got = _L3DRun(multi, _two_processes(_l3d_cmd, target_dir, multi, 2, 4)).result()
+  _assert_l3d_close(got, l3d_single.result())
+  assert all((multi / f).is_file() for f in ("subnetworks.png", "perturbation_sweeps.png"))
 
 
 @pytest.mark.parametrize("mesh, field, why", [

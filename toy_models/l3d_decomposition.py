@@ -7,7 +7,9 @@ code's per-epoch shuffle); one epoch = n_samples // batch_size steps. The learni
 `lr_decay` every `lr_decay_epochs` epochs (StepLR); the first `warm_start_epochs` epochs keep a
 fraction `warm_start_topk` of the coefficients. On a `run.mesh` (as APD's runner) each step's batch
 and its per-sample gradient / `jvp` work split over 'data', the subnetworks' Tucker maps (and their
-Adam moments) over 'components'; the training set and the target are replicated.
+Adam moments) over 'components'; the training set and the target are replicated. The mesh may
+span several processes (scripts/decompose_l3d.py's distributed flags): each builds the same data
+and state and fills its own devices; the summary is computed whole in every process.
 """
 from __future__ import annotations
 
@@ -124,13 +126,13 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
   opt = optax.adam(sched)
   state = train.init_state(l3d.init(jax.random.fold_in(key, 0), params, c.l3d), opt,
                            jax.random.fold_in(key, 1))
+  frozen = {"target": params, "data": data}
   if mesh is not None:  # before any restore, so a checkpoint lands on this run's mesh
     state = sharding.shard_state(mesh, state, components=(l3d.Tucker,))
-    params, data = sharding.replicate(mesh, (params, data))
+    frozen = sharding.replicate(mesh, frozen)
   ck = Checkpointer(workdir)
   state = ck.start(state, resume)
   save_json(os.path.join(workdir, "config.json"), c.to_dict())
-  frozen = {"target": params, "data": data}
   kw = dict(workdir=workdir, log_every=c.run.log_every_epochs * spe, steps_per_dispatch=spe,
             checkpoint_every=c.run.checkpoint_every_epochs * spe, checkpointer=ck)
   if c.warm_start_epochs and int(state.step) < c.warm_start_epochs * spe:
@@ -141,7 +143,9 @@ def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) 
   state = train.fit(state, frozen, make_update(apply, c.l3d, c.batch_size, opt, mesh),
                     total_steps=c.epochs * spe, name="l3d", **kw)
   ck.close()
-  summary = summarize(apply, params, sharding.gather(state.params), c, tcfg, raw, data, key,
+  # every process summarises on its own first device, from the target and data it drew itself
+  # and a whole host copy of the state (so process 0 alone can draw the figures)
+  summary = summarize(apply, params, sharding.to_host(state.params), c, tcfg, raw, data, key,
                       workdir)
   save_json(os.path.join(workdir, "summary.json"), summary)
   return summary
