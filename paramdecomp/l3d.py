@@ -26,7 +26,7 @@ from paramdecomp.grads import (directional_derivatives, per_sample_grad_sq_norms
                                per_sample_grads)
 
 DIVERGENCES = ("mse", "kl")
-REFERENCES = ("batch", "mean")
+REFERENCES = ("batch", "mean", "constant")
 PATHS = ("auto", "explicit", "forward")
 DECODER_NORMS = ("l2", "reference")
 LOSS_EPS = 1e-10
@@ -54,7 +54,8 @@ def default_config() -> ml_collections.ConfigDict:
       rank=1,                # Tucker rank of every mode of every tensor (clipped to the mode size)
       topk=0.1,              # fraction of the B x n_v coefficients kept by batch top-k
       divergence="mse",      # mse (squared-error surrogate) | kl (softmax outputs, last axis)
-      reference="batch",     # batch: another sample's output (with replacement) | mean output
+      reference="batch",     # batch: another sample's output (with replacement) | mean output |
+                             # constant: all zeros (uniform logits for kl)
       sequence=False,        # outputs [B, T, ...]: references drawn over batch x position
       decoder_norm="l2",     # l2 (global, unit v_k) | reference (sqrt of summed tensor norms)
       path="auto",           # auto | explicit | forward
@@ -194,7 +195,8 @@ def references(key, y0: jax.Array, mode: str = "batch", sequence: bool = False) 
 
   'batch': each sample (or, with `sequence`, each (sample, position) of y0 [B, T, ...]) gets the
   output of one drawn uniformly with replacement from the batch (possibly itself); 'mean': the
-  batch-mean output (over positions too with `sequence`).
+  batch-mean output (over positions too with `sequence`); 'constant': zeros, the constant
+  output of §3.1's first candidate (for 'kl' the uniform distribution).
   """
   y0 = jax.lax.stop_gradient(y0)
   lead = 2 if sequence else 1
@@ -204,6 +206,8 @@ def references(key, y0: jax.Array, mode: str = "batch", sequence: bool = False) 
   pool = y0.reshape((-1,) + y0.shape[lead:])
   if mode == "mean":
     return jnp.broadcast_to(jnp.mean(pool, axis=0), y0.shape)
+  if mode == "constant":
+    return jnp.zeros_like(y0)
   if mode == "batch":
     idx = jax.random.randint(key, n, 0, pool.shape[0])
     return pool[idx]

@@ -175,6 +175,22 @@ def test_mean_and_sequence_references():
     l3d.references(jax.random.PRNGKey(1), y0[:, 0], "batch", sequence=True)
 
 
+def test_constant_reference_gives_the_output_itself_or_the_kl_to_uniform():
+  """§3.1's first candidate: g_i of the squared error is J_i^T f(x_i) / n_o (linear model:
+  f(x_i) x_i^T / n_o); for 'kl' the reference distribution is uniform."""
+  w = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+  x = jax.random.normal(jax.random.PRNGKey(1), (6, 4))
+  cfg = _cfg()
+  cfg.reference = "constant"
+  y0, y_ref = _outputs(_linear, {"W": w}, x, jax.random.PRNGKey(2), cfg)
+  g = l3d.gradients(_linear, {"W": w}, x, y0, y_ref, ["W"], cfg)["W"]
+  np.testing.assert_allclose(g, jnp.einsum("bo,bi->boi", x @ w.T / 3, x), rtol=1e-12)
+  cfg.divergence = "kl"
+  g = l3d.gradients(_linear, {"W": w}, x, y0, y_ref, ["W"], cfg)["W"]
+  kl = lambda w, xi: jnp.sum(jnp.log(1 / 3) - jax.nn.log_softmax(w @ xi)) / 3
+  np.testing.assert_allclose(g, jax.vmap(jax.grad(kl), (None, 0))(w, x), rtol=1e-10)
+
+
 def test_references_carry_no_gradient():
   x = jnp.ones((3, 2))
   g = jax.grad(lambda w: jnp.sum(l3d.references(jax.random.PRNGKey(0), x @ w)))(jnp.eye(2))
