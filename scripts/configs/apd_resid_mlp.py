@@ -13,8 +13,9 @@ variants start 20x smaller (init_scale 0.1): Kaiming's fan-in is d * m, so at m 
 scale gives each component a norm several times the target's and 130-200 of them sum to noise
 that faithfulness must first cancel. Measured at step 2500: 1-layer 100 distinct components,
 100 monosemantic, 30 dead (scale 2: 83 / 66 / 43); 2-layer faithfulness 1e-5 from step 500 on
-(scale 2: 0.39 at step 500, 0.015 at 5k, no component matched a feature). 10k-step results in
-the README.
+(scale 2: 0.39 at step 500, 0.015 at 5k, no component matched a feature). The full-rank 2-layer
+variant has the same problem at scale 2 (faithfulness 0.26 at step 500); with
+--config.apd.init_scale=0.2 it is 2e-5 there. Results of all of them in the README.
 """
 from toy_models.decomposition import default_config
 
