@@ -212,11 +212,12 @@ def analyse(params, comps: Components, cfg, tcfg, key, workdir: str, n_samples: 
       params, comps, cfg, jnp.asarray(best), jnp.asarray(live), jax.random.fold_in(key, 2),
       tcfg.data, n_samples, batch_size)
   mono = resid_mlp.monosemantic_mse(n, d_mlp, tcfg.data.p)
+  ratio = lambda a, b: float(a / max(b, 1e-30))
   out["scrubbing"] = {
       "n_samples": int(scrub.size), "n_ablated": int(live.sum()) // 2,
       "scrubbed_mse_median": float(np.median(scrub)),
       "anti_scrubbed_mse_median": float(np.median(anti)),
-      "anti_over_scrubbed_median_ratio": float(np.median(anti) / max(np.median(scrub), 1e-30)),
+      "anti_over_scrubbed_median_ratio": ratio(np.median(anti), np.median(scrub)),
       "scrubbed_mse_mean": float(scrub.mean()), "anti_scrubbed_mse_mean": float(anti.mean()),
       # the same sample under both ablations (inputs whose features are all negative pass no
       # ReLU, so ablating their components changes little: the histograms are bimodal)
@@ -240,7 +241,6 @@ def analyse(params, comps: Components, cfg, tcfg, key, workdir: str, n_samples: 
   # how far each ablation raises the MSE of the unablated APD model (its batch top-k pass on the
   # same samples, the line the paper draws over the histograms), on all samples and on those
   # with a positive active feature
-  ratio = lambda a, b: float(a / max(b, 1e-30))
   for name, v in (("scrubbed", scrub), ("anti", anti)):
     for sub, sel in (("", slice(None)), ("_positive", pos)):
       out["scrubbing"][f"{name}_over_topk_mean_ratio{sub}"] = ratio(v[sel].mean(),

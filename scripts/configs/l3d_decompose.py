@@ -29,6 +29,6 @@ def get_config(variant: str = "tm1"):
   c.warm_start_epochs = warm
   if const:
     c.l3d.reference = "constant"
-    # without it one or two of TM2's subnetworks end dead (decomposition seeds 0, 1, 2)
-    c.warm_start_epochs = max(warm, 10) if toy == "tm2" else warm
+    if toy == "tm2":  # without it one or two subnetworks end dead (decomposition seeds 0, 1, 2)
+      c.warm_start_epochs = max(warm, 10)
   return c
