@@ -1,2 +1,12 @@
-"""paramdecomp: parameter-space interpretability methods over pure JAX functions."""
+"""paramdecomp: parameter-space interpretability in JAX.
+
+Layers (each imports only those before it): `paramdecomp.core` (pytrees and sites, low-rank
+factors, the factored interpreter, gradients, sparsity, scans, the loop, checkpoints, sharding,
+config), `paramdecomp.methods` (APD, L3D, LIB), `paramdecomp.models` and `toy_models` (targets),
+`paramdecomp.runs` (a method, a target and a config joined into a run directory).
+"""
 __version__ = "0.1.0"
+
+from paramdecomp.methods import ablations, apd, degeneracy, l3d, l3d_measures, lib
+
+__all__ = ["ablations", "apd", "degeneracy", "l3d", "l3d_measures", "lib"]

@@ -8,8 +8,8 @@ import json
 
 from absl import app, flags
 
-from paramdecomp.cli import setup_logging
-from toy_models.decomposition import analyse_checkpoint
+from paramdecomp.core.cli import setup_logging
+from paramdecomp.runs.decompose_apd import analyse_checkpoint
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of scripts/decompose.py.",
                                required=True)

@@ -14,15 +14,15 @@ from absl import app, flags
 import jax
 import optax
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))
-import apd_resid_mlp  # noqa: E402
-import apd_tms  # noqa: E402
-import resid_mlp as resid_mlp_configs  # noqa: E402
-import tms as tms_configs  # noqa: E402
+from paramdecomp.configs import apd_resid_mlp
+from paramdecomp.configs import apd_tms
+from paramdecomp.configs import resid_mlp as resid_mlp_configs
+from paramdecomp.configs import tms as tms_configs
 
-from paramdecomp.cli import machine_line  # noqa: E402
-from paramdecomp import apd, train  # noqa: E402
-from toy_models import training  # noqa: E402
+from paramdecomp.core.cli import machine_line
+from paramdecomp.methods import apd
+from paramdecomp.core import train
+from paramdecomp.runs import targets as training
 
 _VARIANTS = flags.DEFINE_list("variants", ["5-2", "40-10"],
                               "TMS variants, or resid_mlp:<apd_resid_mlp.py variant>.")

@@ -18,14 +18,15 @@ from absl import app, flags
 import jax
 import optax
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))
-import l3d_decompose  # noqa: E402
-import l3d_toys  # noqa: E402
+from paramdecomp.configs import l3d_decompose
+from paramdecomp.configs import l3d_toys
 
-from paramdecomp.cli import machine_line  # noqa: E402
-from paramdecomp import l3d, train  # noqa: E402
-from toy_models import squares, training  # noqa: E402
-from toy_models.l3d_decomposition import decomposable, make_update  # noqa: E402
+from paramdecomp.core.cli import machine_line
+from paramdecomp.methods import l3d
+from paramdecomp.core import train
+from toy_models import squares
+from paramdecomp.runs import targets as training
+from paramdecomp.runs.decompose_l3d import decomposable, make_update
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed dispatches (best is reported).")
 _BATCHES = flags.DEFINE_list("batches", ["32", "256", "1024", "4096"], "Batch sizes (memory).")

@@ -1,8 +1,8 @@
 """Build LIB (and PCA / neuron) bases of a trained classifier, its interaction graphs and ablations.
 
-  python scripts/build_basis.py --config=scripts/configs/lib_modadd.py \
+  python scripts/build_basis.py --config=paramdecomp/configs/lib_modadd.py \
       --config.target_dir=runs/modadd --workdir=runs/lib_modadd
-  python scripts/build_basis.py --config=scripts/configs/lib_digits.py \
+  python scripts/build_basis.py --config=paramdecomp/configs/lib_digits.py \
       --config.target_dir=runs/digits --workdir=runs/lib_digits
 
 Writes (in --workdir): bases/ and edges/ (orbax pytrees: per basis, per node C, C⁺, Λ, Gram
@@ -17,7 +17,7 @@ import os
 from absl import app, logging
 import jax
 
-from paramdecomp.cli import define_run_flags, setup_logging
+from paramdecomp.core.cli import define_run_flags, setup_logging
 
 _CONFIG, _WORKDIR, _RESUME = define_run_flags("LIB build")
 
@@ -28,7 +28,7 @@ def main(argv):
   c = _CONFIG.value
   if c.lib.dtype == "float64":
     jax.config.update("jax_enable_x64", True)
-  from toy_models.interaction import build   # after x64 is settled
+  from paramdecomp.runs.build_lib import build   # after x64 is settled
   summary = build(c, _WORKDIR.value, resume=_RESUME.value)
   logging.info("summary written to %s", os.path.join(_WORKDIR.value, "summary.json"))
   print(json.dumps(summary, indent=2), flush=True)

@@ -1,6 +1,6 @@
 """Decompose a trained toy target; writes checkpoints, metrics.jsonl, summary.json and figures.
 
-  python scripts/decompose.py --config=scripts/configs/apd_tms.py:5-2 \
+  python scripts/decompose.py --config=paramdecomp/configs/apd_tms.py:5-2 \
       --config.target_dir=runs/tms_5-2 --workdir=runs/apd_tms_5-2 [--resume]
 
 Multi-host: run the same command on every host with --coordinator_address=host0:port
@@ -10,9 +10,9 @@ import json
 
 from absl import app
 
-from paramdecomp.cli import (define_distributed_flags, define_run_flags, init_distributed,
+from paramdecomp.core.cli import (define_distributed_flags, define_run_flags, init_distributed,
                              setup_logging)
-from toy_models.decomposition import decompose
+from paramdecomp.runs.decompose_apd import decompose
 
 _CONFIG, _WORKDIR, _RESUME = define_run_flags("Decomposition")
 define_distributed_flags()

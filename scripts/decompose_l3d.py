@@ -1,8 +1,8 @@
 """L3D decomposition of a trained toy target; writes checkpoints, metrics.jsonl, summary.json,
 subnetworks.png (subnetwork blocks next to the target's tensors) and perturbation_sweeps.png.
 
-  python scripts/train_toy.py --config=scripts/configs/l3d_toys.py:tm1 --workdir=runs/l3d_tm1
-  python scripts/decompose_l3d.py --config=scripts/configs/l3d_decompose.py:tm1 \
+  python scripts/train_toy.py --config=paramdecomp/configs/l3d_toys.py:tm1 --workdir=runs/l3d_tm1
+  python scripts/decompose_l3d.py --config=paramdecomp/configs/l3d_decompose.py:tm1 \
       --config.target_dir=runs/l3d_tm1 --workdir=runs/l3d_tm1_dec [--resume]
 
 Multi-host: run the same command on every host with --coordinator_address=host0:port
@@ -12,9 +12,9 @@ import json
 
 from absl import app
 
-from paramdecomp.cli import (define_distributed_flags, define_run_flags, init_distributed,
+from paramdecomp.core.cli import (define_distributed_flags, define_run_flags, init_distributed,
                              setup_logging)
-from toy_models.l3d_decomposition import decompose
+from paramdecomp.runs.decompose_l3d import decompose
 
 _CONFIG, _WORKDIR, _RESUME = define_run_flags("L3D decomposition")
 define_distributed_flags()

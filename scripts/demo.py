@@ -8,14 +8,13 @@ import time
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))
-import apd_tms  # noqa: E402
-import tms as tms_configs  # noqa: E402
+from paramdecomp.configs import apd_tms
+from paramdecomp.configs import tms as tms_configs
 
-from paramdecomp.cli import setup_logging  # noqa: E402
-from toy_models import tms  # noqa: E402
-from toy_models.decomposition import decompose  # noqa: E402
-from toy_models.training import train_target  # noqa: E402
+from paramdecomp.core.cli import setup_logging
+from toy_models import tms
+from paramdecomp.runs.decompose_apd import decompose
+from paramdecomp.runs.targets import train_target
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/demo-<time>).")
 _STEPS = flags.DEFINE_integer("steps", 20_000, "APD steps (paper: 20k).")

@@ -13,13 +13,12 @@ import sys
 from absl import app, flags
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))
-import apd_tms  # noqa: E402
-import tms as tms_configs  # noqa: E402
+from paramdecomp.configs import apd_tms
+from paramdecomp.configs import tms as tms_configs
 
-from paramdecomp.cli import setup_logging  # noqa: E402
-from toy_models.decomposition import decompose  # noqa: E402
-from toy_models.training import train_target  # noqa: E402
+from paramdecomp.core.cli import setup_logging
+from paramdecomp.runs.decompose_apd import decompose
+from paramdecomp.runs.targets import train_target
 
 _VARIANT = flags.DEFINE_enum("variant", "5-2", ["5-2", "40-10"], "TMS variant.")
 _SEEDS = flags.DEFINE_list("seeds", ["1", "2", "3"], "Seeds.")

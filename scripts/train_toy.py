@@ -1,15 +1,15 @@
 """Train a toy target model and save it with orbax.
 
-  python scripts/train_toy.py --config=scripts/configs/tms.py:5-2 --workdir=runs/tms_5-2
-  python scripts/train_toy.py --config=scripts/configs/resid_mlp.py:1-layer --workdir=runs/rmlp1
+  python scripts/train_toy.py --config=paramdecomp/configs/tms.py:5-2 --workdir=runs/tms_5-2
+  python scripts/train_toy.py --config=paramdecomp/configs/resid_mlp.py:1-layer --workdir=runs/rmlp1
 
 TMS: reports how many features the target represents. ResidMLP: writes target_report.json (MSE
 vs the monosemantic baseline, response of each output to its own feature at x = 1). The x^2 MLP
 (L3D's TM4): writes target_report.json (per-feature error of x_j -> x_j^2).
 Classifiers (modadd, digits_mlp): writes target_report.json with train and test loss and accuracy.
 
-  python scripts/train_toy.py --config=scripts/configs/modadd.py --workdir=runs/modadd
-  python scripts/train_toy.py --config=scripts/configs/digits_mlp.py --workdir=runs/digits
+  python scripts/train_toy.py --config=paramdecomp/configs/modadd.py --workdir=runs/modadd
+  python scripts/train_toy.py --config=paramdecomp/configs/digits_mlp.py --workdir=runs/digits
 """
 import json
 import os
@@ -17,10 +17,10 @@ import os
 from absl import app, logging
 import jax
 
-from paramdecomp.checkpoint import save_json
-from paramdecomp.cli import define_run_flags, setup_logging
+from paramdecomp.core.checkpoint import save_json
+from paramdecomp.core.cli import define_run_flags, setup_logging
 from toy_models import resid_mlp, squares, tms
-from toy_models.training import (evaluate_classifier, is_classifier, model_apply, model_module,
+from paramdecomp.runs.targets import (evaluate_classifier, is_classifier, model_apply, model_module,
                                  train_target)
 
 _CONFIG, _WORKDIR, _RESUME = define_run_flags("Target")

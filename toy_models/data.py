@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 
 def sparse_features(key, batch: int, n_features: int, p: float, lo: float = 0.0,
@@ -60,3 +61,22 @@ def grouped_features(key, batch: int, n_features: int, p: float, lo: float = 0.0
   if random_sign:
     values = jnp.where(jax.random.bernoulli(ks, 0.5, values.shape), values, -values)
   return jnp.where(active, values, 0.0).astype(dtype)
+
+
+def features_config() -> ml_collections.ConfigDict:
+  """The `data` section of a target trained on sparse features: activation probability p,
+  active values ~ U[lo, hi], batch size, and L3D's generator options (reject all-zero rows,
+  co-active groups, random signs; `grouped_features`)."""
+  return ml_collections.ConfigDict(dict(p=0.05, lo=0.0, hi=1.0, batch_size=1024,
+                                        reject_zero=False, group_size=1, random_sign=False))
+
+
+def features_batch(key, c: ml_collections.ConfigDict, n: int) -> jax.Array:
+  """[n, c.model.n_features] from the target's feature distribution (c has 'model', 'data')."""
+  # fields absent from targets saved before they existed
+  reject = c.data.get("reject_zero", False)
+  group, sign = c.data.get("group_size", 1), c.data.get("random_sign", False)
+  if reject or group > 1 or sign:
+    return grouped_features(key, n, c.model.n_features, c.data.p, c.data.lo, c.data.hi,
+                            group, sign, reject_zero=reject)
+  return sparse_features(key, n, c.model.n_features, c.data.p, c.data.lo, c.data.hi)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from paramdecomp import sequential
+from paramdecomp.core import sequential
 
 FROZEN = ()
 TASK = "classify"

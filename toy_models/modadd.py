@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from paramdecomp import sequential
+from paramdecomp.core import sequential
 
 FROZEN = ()
 TASK = "classify"
@@ -137,21 +137,4 @@ def dominant_frequencies(values: np.ndarray, p: int) -> list[dict]:
     total = per.sum()
     k = int(np.argmax(per))
     out.append({"frequency": k, "share": float(per[k] / total) if total > 0 else 0.0})
-  return out
-
-
-def feature_report(seq, params, bases, c, n_features: int = 20) -> dict:
-  """Dominant Fourier frequency of the first `n_features` non-constant basis features of the
-  nodes after attention (ln2.0, unembed), over all p² input pairs (§5.4)."""
-  from paramdecomp import lib
-  p = c.model.p
-  a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
-  x = jnp.asarray(np.stack([a.ravel(), b.ravel(), np.full(p * p, p)], 1), jnp.int32)
-  view = lib.view_of(seq, params, x[0])
-  out = {}
-  for l in (1, 2):
-    fa = np.asarray(lib.node_acts(seq, params, view, l, x))[:, 0]
-    basis = bases[l]
-    feats = fa @ basis.C[:, basis.n_const:basis.n_const + n_features]
-    out[NODES[l]] = dominant_frequencies(feats, p)
   return out

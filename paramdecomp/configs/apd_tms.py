@@ -1,0 +1,29 @@
+"""APD on toy models of superposition, with the paper's hyperparameters (METHODS.md §1.8).
+
+  python scripts/decompose.py --config=paramdecomp/configs/apd_tms.py:5-2 \
+      --config.target_dir=runs/tms_5-2 --workdir=runs/apd_tms_5-2
+Variants: 5-2, 40-10, 5-2-lp (the Lp-sparsity formulation, which the paper found worse).
+"""
+from paramdecomp.runs.decompose_apd import default_config
+
+
+def get_config(variant: str = "5-2"):
+  c = default_config()
+  if variant == "5-2":
+    c.apd.update(dict(C=5, m=3, topk=0.211, faithfulness_coeff=1.0, minimality_coeff=1.0,
+                      simplicity_coeff=0.7, schatten_p=1.0))
+    c.optim.update(dict(lr=3e-2, schedule="constant", warmup_pct=0.05, steps=20_000))
+  elif variant == "40-10":
+    c.apd.update(dict(C=50, m=11, topk=1.0, faithfulness_coeff=1.0, minimality_coeff=10.0,
+                      simplicity_coeff=20.0, schatten_p=0.9))
+    # The paper's lr is 1e-3; here that stalls at MMCS 0.976-0.984 (seeds 1-3) with a few features
+    # split over two components, while 3e-3 reaches the paper's MMCS and ML2R (BENCHMARKS.md).
+    c.optim.update(dict(lr=3e-3, schedule="cosine", warmup_pct=0.05, steps=20_000))
+  elif variant == "5-2-lp":  # the Lp attribution-sparsity variant (§1.5; reference config)
+    c.apd.update(dict(C=5, m=3, formulation="lp", lp_p=0.9, minimality_coeff=7.0,
+                      simplicity_coeff=1.0, schatten_p=1.0, unit_norm_matrices=True))
+    c.optim.update(dict(lr=0.3, schedule="constant", warmup_pct=0.1, steps=20_000))
+  else:
+    raise ValueError(f"unknown variant {variant!r}; use 5-2, 40-10 or 5-2-lp")
+  c.batch_size = 2048
+  return c

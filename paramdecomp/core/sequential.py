@@ -1,0 +1,114 @@
+"""A sequential view of a model: pure layer functions between named activation nodes.
+
+A `Sequential` is ``input_fn(params, x) -> f^0`` followed by layers
+``layer_k(params, f^k, c) -> f^{k+1}``. Each layer acts on one sample (no batch axis) or on any
+leading batch axes alike. `c` is the value of the constant coordinate that every bias of the layer
+multiplies ("bias folding", METHODS.md §5.2 step 0): at c = 1 the layer is the model's own; methods
+that scale a node's activations (integrated gradients) scale c with them. Wrappers fold biases by
+scaling the param leaves whose '/'-joined path matches `bias_pattern`.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from paramdecomp.core.pytree import path_str
+
+PyTree = Any
+Layer = Callable[[PyTree, jax.Array, jax.Array], jax.Array]
+
+
+class Sequential(NamedTuple):
+  input_fn: Callable[[PyTree, jax.Array], jax.Array]
+  layers: tuple[Layer, ...]
+  names: tuple[str, ...]          # one per node: len(layers) + 1
+
+
+def scale_biases(params: PyTree, c, bias_pattern: str) -> PyTree:
+  """`params` with every leaf whose path matches `bias_pattern` multiplied by c."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, v: v * c if re.fullmatch(bias_pattern, path_str(p)) else v, params)
+
+
+def from_functions(layers: Sequence[Callable[[PyTree, jax.Array], jax.Array]],
+                   names: Sequence[str], input_fn=None,
+                   bias_pattern: str = r"(.*/)?(bias|b)") -> Sequential:
+  """A view of plain ``fn(params, f) -> f'`` layers; biases are the leaves matching the pattern."""
+  if len(names) != len(layers) + 1:
+    raise ValueError(f"{len(layers)} layers need {len(layers) + 1} node names, got {names}")
+  folded = tuple((lambda fn: lambda params, f, c: fn(scale_biases(params, c, bias_pattern), f))(fn)
+                 for fn in layers)
+  return Sequential(input_fn or (lambda params, x: x), folded, tuple(names))
+
+
+def from_flax(module, methods: Sequence[str], names: Sequence[str], input_method: str | None = None,
+              bias_pattern: str = r"(.*/)?bias") -> Sequential:
+  """A view of a Flax linen `module` whose methods map node k to node k+1 (`module.apply` with
+  ``method=``); `input_method` maps the raw input to node 0 (default: the input is node 0)."""
+  for m in tuple(methods) + ((input_method,) if input_method else ()):
+    if not callable(getattr(module, m, None)):
+      raise ValueError(f"{type(module).__name__} has no method {m!r}")
+  layers = [(lambda m: lambda params, f: module.apply(params, f, method=m))(m) for m in methods]
+  input_fn = None
+  if input_method:
+    input_fn = lambda params, x: module.apply(params, x, method=input_method)  # noqa: E731
+  return from_functions(layers, names, input_fn, bias_pattern)
+
+
+def apply(seq: Sequential, params: PyTree, x: jax.Array) -> jax.Array:
+  """The model's output: every layer at c = 1."""
+  return forward_from(seq, params, 0, seq.input_fn(params, x))
+
+
+def forward_from(seq: Sequential, params: PyTree, k: int, f: jax.Array, c=1.0) -> jax.Array:
+  """Run layers k, k+1, ... from node k's activation f (every bias scaled by c)."""
+  for layer in seq.layers[k:]:
+    f = layer(params, f, c)
+  return f
+
+
+def node_activations(seq: Sequential, params: PyTree, x: jax.Array) -> list[jax.Array]:
+  """[f^0, ..., f^L] for a batch x (each with x's leading axes)."""
+  acts = [seq.input_fn(params, x)]
+  for layer in seq.layers:
+    acts.append(layer(params, acts[-1], 1.0))
+  return acts
+
+
+def section(seq: Sequential, params: PyTree, start: int, stop: int) -> Callable:
+  """``(f^start, c) -> f^stop``: layers start..stop-1 composed."""
+  if not 0 <= start <= stop <= len(seq.layers):
+    raise ValueError(f"section {start}->{stop} outside 0..{len(seq.layers)}")
+
+  def fn(f, c=1.0):
+    for layer in seq.layers[start:stop]:
+      f = layer(params, f, c)
+    return f
+  return fn
+
+
+def jacobian(seq: Sequential, params: PyTree, k: int, f: jax.Array) -> jax.Array:
+  """d f^{k+1} / d f^k at one sample f: [*out_shape, *in_shape] (reverse mode when the output is
+  the smaller side, forward mode otherwise)."""
+  fn = lambda v: seq.layers[k](params, v, 1.0)  # noqa: E731
+  out = jax.eval_shape(fn, f)
+  jac = jax.jacrev if out.size <= f.size else jax.jacfwd
+  return jac(fn)(f)
+
+
+def layer_jvp(seq: Sequential, params: PyTree, k: int, f: jax.Array, v: jax.Array):
+  """(f^{k+1}, J v) at f for a tangent v shaped like f."""
+  return jax.jvp(lambda a: seq.layers[k](params, a, 1.0), (f,), (v,))
+
+
+def layer_vjp(seq: Sequential, params: PyTree, k: int, f: jax.Array, u: jax.Array) -> jax.Array:
+  """u^T J at f for a cotangent u shaped like f^{k+1}."""
+  _, pull = jax.vjp(lambda a: seq.layers[k](params, a, 1.0), f)
+  return pull(u)[0]
+
+
+def constant_like(f: jax.Array, c) -> jax.Array:
+  return jnp.broadcast_to(jnp.asarray(c, f.dtype), f.shape[:-1] + (1,))

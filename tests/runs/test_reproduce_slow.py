@@ -1,0 +1,101 @@
+"""The paper's TMS numbers (METHODS.md §1.10). Slow: `make test-slow` (about 30 min on 2 cores)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _reproduce(tmp_path, variant, seeds):
+  subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "reproduce_apd_tms.py"),
+                  f"--variant={variant}", f"--seeds={seeds}", f"--workdir={tmp_path}"],
+                 check=True, cwd=ROOT)
+  with open(tmp_path / "reproduction.json") as f:
+    return json.load(f)
+
+
+@pytest.mark.slow
+def test_apd_tms_5_2_seeds(tmp_path):
+  """Seeds 1-4 train targets that represent all 5 features. About one decomposition seed in five
+  lands in a local optimum with two features merged into one component (seed 3 does), so the
+  bar is 3 of 4 seeds at the paper's figures."""
+  rows = _reproduce(tmp_path, "5-2", "1,2,3,4")
+  assert all(r["represented_features"] == 5 for r in rows)
+  good = [r for r in rows if r["mmcs"] >= 0.99 and 0.85 <= r["ml2r"] <= 1.05]
+  assert len(good) >= 3, rows
+
+
+@pytest.mark.slow
+def test_apd_tms_40_10(tmp_path):
+  rows = _reproduce(tmp_path, "40-10", "1,2,3")
+  assert sum(r["mmcs"] >= 0.98 for r in rows) >= 2, rows
+
+
+@pytest.mark.slow
+def test_resid_mlp_1_layer_target(tmp_path):
+  """§1.9: the target undershoots 2x at x = 1 (about 1.6) and beats the monosemantic baseline."""
+  subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train_toy.py"),
+                  f"--config={os.path.join(ROOT, 'paramdecomp', 'configs', 'resid_mlp.py')}:1-layer",
+                  f"--workdir={tmp_path}"], check=True, cwd=ROOT)
+  with open(tmp_path / "target_report.json") as f:
+    rep = json.load(f)
+  assert rep["mse"] < rep["monosemantic_mse"]
+  assert 1.5 <= rep["response_at_1_mean"] <= 1.75
+
+
+def _decompose_resid_mlp(tmp_path, variant, *flags):
+  configs = os.path.join(ROOT, "paramdecomp", "configs")
+  subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train_toy.py"),
+                  f"--config={os.path.join(configs, 'resid_mlp.py')}:{variant[:7]}",
+                  f"--workdir={tmp_path / 'target'}"], check=True, cwd=ROOT)
+  subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "decompose.py"),
+                  f"--config={os.path.join(configs, 'apd_resid_mlp.py')}:{variant}",
+                  f"--config.target_dir={tmp_path / 'target'}",
+                  f"--workdir={tmp_path / 'apd'}", *flags], check=True, cwd=ROOT)
+  with open(tmp_path / "apd" / "summary.json") as f:
+    return json.load(f)
+
+
+def _assert_paper_picture(s, distinct, mono, anti_rise):
+  """One component per feature with the target's neurons; scrubbing as costly as for the ideal
+  per-feature decomposition of the same target (`resid_mlp_apd.ideal_masked_apply`, whose
+  anti-scrubbed / scrubbed ratio is itself only 3-4x on these targets, README); and ablations
+  that raise the MSE of the unablated APD model (its top-k pass) a little when they spare the
+  responsible components and `anti_rise` times or more when they hit them."""
+  f, sc = s["features"], s["scrubbing"]
+  assert f["distinct_best_components"] >= distinct
+  assert f["single_dominant_fraction"] >= 0.9
+  assert f["neuron_contribution_cosine_median"] >= 0.95
+  assert s["component_counts"]["monosemantic"] >= mono
+  assert sc["scrubbed_mse_mean"] <= 2 * sc["ideal_scrubbed_mse_mean"]
+  assert sc["anti_scrubbed_mse_mean"] >= 0.8 * sc["ideal_anti_scrubbed_mse_mean"]
+  assert sc["anti_scrubbed_mse_mean"] >= 2 * sc["scrubbed_mse_mean"]
+  assert sc["scrubbed_over_topk_mean_ratio"] <= 4
+  assert sc["anti_over_topk_mean_ratio"] >= anti_rise
+
+
+@pytest.mark.slow
+def test_apd_resid_mlp_1_layer(tmp_path):
+  """§1.10 on the compressed-computation target with rank-1 components (measured: README)."""
+  _assert_paper_picture(_decompose_resid_mlp(tmp_path, "1-layer-rank1"), distinct=95, mono=90,
+                        anti_rise=8)
+
+
+@pytest.mark.slow
+def test_apd_resid_mlp_1_layer_full_rank(tmp_path):
+  """The reference config (full rank, C = 130), 5k steps: anti-scrubbing raises the top-k MSE by
+  an order of magnitude, scrubbing by about 2x (measured: README)."""
+  s = _decompose_resid_mlp(tmp_path, "1-layer", "--config.optim.steps=5000")
+  _assert_paper_picture(s, distinct=90, mono=80, anti_rise=10)
+  assert s["scrubbing"]["scrubbed_over_topk_mean_ratio"] <= 3
+
+
+@pytest.mark.slow
+def test_apd_resid_mlp_2_layer(tmp_path):
+  """§1.10 on the cross-layer target with rank-1 components: components span both layers
+  (measured: README)."""
+  _assert_paper_picture(_decompose_resid_mlp(tmp_path, "2-layer-rank1"), distinct=95, mono=90,
+                        anti_rise=10)
