@@ -7,8 +7,6 @@
 Times the compiled, scanned training step (`steps` steps per dispatch) after a warm-up dispatch,
 best of `repeats`; the target is freshly initialised (values do not change the cost).
 """
-import os
-import sys
 
 from absl import app, flags
 import jax
@@ -22,7 +20,7 @@ from paramdecomp.configs import tms as tms_configs
 from paramdecomp.core.cli import machine_line
 from paramdecomp.methods import apd
 from paramdecomp.core import train
-from paramdecomp.runs import targets as training
+from toy_models import registry
 
 _VARIANTS = flags.DEFINE_list("variants", ["5-2", "40-10"],
                               "TMS variants, or resid_mlp:<apd_resid_mlp.py variant>.")
@@ -41,13 +39,13 @@ def configs(variant: str):
 
 def bench_apd(variant: str, batch: int, steps: int, repeats: int) -> float:
   tcfg, c = configs(variant)
-  mod = training.model_module(tcfg.model.kind)
-  params = mod.init(jax.random.PRNGKey(0), tcfg.model)
-  batch_fn = lambda k: training.batch(k, tcfg, batch)
+  target = registry.of(tcfg.model)
+  apply, params = target.decomposable(tcfg.model, target.init(jax.random.PRNGKey(0), tcfg.model))
+  batch_fn = lambda k: target.batch(k, tcfg, batch)
   opt = optax.adam(c.optim.lr)
   state = train.init_state(apd.init(jax.random.PRNGKey(1), params, c.apd), opt,
                            jax.random.PRNGKey(2))
-  step = train.make_multi_step(apd.make_update(mod.apply, c.apd, batch_fn, opt), steps)
+  step = train.make_multi_step(apd.make_update(apply, c.apd, batch_fn, opt), steps)
   best, _ = train.best_dispatch_seconds(step, state, params, repeats)
   return 1e3 * best / steps
 

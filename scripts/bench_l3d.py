@@ -11,8 +11,6 @@
    XLA's `memory_analysis()` of the compiled program, next to the size of a batch x parameters
    float32 array; plus ms per step at each batch.
 """
-import os
-import sys
 
 from absl import app, flags
 import jax
@@ -26,7 +24,8 @@ from paramdecomp.methods import l3d
 from paramdecomp.core import train
 from toy_models import squares
 from paramdecomp.runs import targets as training
-from paramdecomp.runs.decompose_l3d import decomposable, make_update
+from paramdecomp.runs.decompose_l3d import sampler
+from toy_models import registry
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed dispatches (best is reported).")
 _BATCHES = flags.DEFINE_list("batches", ["32", "256", "1024", "4096"], "Batch sizes (memory).")
@@ -37,15 +36,17 @@ def _setup(variant: str, path: str, batch: int, model_cfg=None):
   tcfg = l3d_toys.get_config(variant)
   if model_cfg is not None:
     tcfg.model = model_cfg
-  raw = training.model_module(tcfg.model.kind).init(jax.random.PRNGKey(0), tcfg.model)
-  apply, params = decomposable(tcfg, raw)
+  target = registry.of(tcfg.model)
+  raw = target.init(jax.random.PRNGKey(0), tcfg.model)
   c = l3d_decompose.get_config(variant)
+  apply, params = target.decomposable(tcfg.model, raw, c.target_view)
   c.l3d.path = path
   data = training.batch(jax.random.PRNGKey(1), tcfg, max(1000, batch))
   opt = optax.adam(c.lr)
   state = train.init_state(l3d.init(jax.random.PRNGKey(2), params, c.l3d), opt,
                            jax.random.PRNGKey(3))
-  return make_update(apply, c.l3d, batch, opt), state, {"target": params, "data": data}
+  update = l3d.make_update(apply, c.l3d, sampler(batch), opt)
+  return update, state, train.Frozen(params, data)
 
 
 def seconds_per_epoch(variant: str, path: str, repeats: int) -> float:

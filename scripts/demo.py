@@ -3,7 +3,6 @@
   python scripts/demo.py [--workdir=runs/demo-...] [--steps=20000]
 """
 import os
-import sys
 import time
 
 from absl import app, flags

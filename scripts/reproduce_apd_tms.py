@@ -8,7 +8,6 @@ is reported and still decomposed (its MMCS then counts only what the target repr
 """
 import json
 import os
-import sys
 
 from absl import app, flags
 import numpy as np

@@ -2,10 +2,8 @@
 runs < configs < scripts. Checked on the source (every import statement, also inside
 functions), so an upward import fails here before it can bite."""
 import ast
-import os
 import pathlib
 
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -27,6 +27,8 @@ def get_config(variant: str = "tm1"):
   c = default_config()
   c.l3d.update(dict(n_subnets=n_v, rank=rank, topk=0.1))
   c.warm_start_epochs = warm
+  if toy == "tm1":  # TM1 decomposes the TMS encoder and decoder as separate tensors
+    c.target_view = "untied"
   if const:
     c.l3d.reference = "constant"
     if toy == "tm2":  # without it one or two subnetworks end dead (decomposition seeds 0, 1, 2)

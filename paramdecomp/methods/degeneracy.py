@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from paramdecomp.core import scan
-from paramdecomp.methods import lib
 from paramdecomp.core import sequential
 
 

@@ -15,7 +15,7 @@ from paramdecomp.methods import ablations, degeneracy, lib
 from paramdecomp.runs import figures, modadd_fourier
 from paramdecomp.core import config as cfglib
 from paramdecomp.core.checkpoint import MissingCheckpointError, save_json
-from paramdecomp.runs.targets import evaluate_classifier, is_classifier, load_target, model_module
+from paramdecomp.runs.targets import evaluate_classifier, load_target
 
 BASES = ("lib", "pca", "neuron")
 # per model kind: what its basis features mean (summary["features"])
@@ -80,9 +80,8 @@ def _bases_from_tree(tree, names) -> list:
 
 def build(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:
   validate(c)
-  tcfg, params = load_target(c.target_dir)
-  mod = model_module(tcfg.model.kind)
-  if not (is_classifier(mod) and hasattr(mod, "sequential_view")):
+  target, tcfg, params = load_target(c.target_dir)
+  if not (target.is_classifier and target.sequential_view is not None):
     raise cfglib.ConfigError("target_dir", f"the {tcfg.model.kind!r} target has no sequential "
                              "view / classification dataset to build a basis on")
   os.makedirs(workdir, exist_ok=True)
@@ -91,12 +90,13 @@ def build(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> d
       raise FileExistsError(f"{workdir} already holds {sub}/; pass --resume to reuse them or "
                             "choose another workdir")
   save_json(os.path.join(workdir, "config.json"), c.to_dict())
-  seq = mod.sequential_view(tcfg.model)
-  ds = mod.dataset(tcfg)
+  seq = target.sequential_view(tcfg.model)
+  ds = target.dataset(tcfg)
+  apply = target.make_apply(tcfg.model)
   x_build = ds[f"{c.build_split}_x"]
   x_eval, y_eval = ds[f"{c.eval_split}_x"], ds[f"{c.eval_split}_y"]
   names = list(seq.names)
-  summary = {"target": {s: evaluate_classifier(mod, params, ds[f"{s}_x"], ds[f"{s}_y"])
+  summary = {"target": {s: evaluate_classifier(apply, params, ds[f"{s}_x"], ds[f"{s}_y"])
                         for s in ("train", "test")}, "nodes": names, "timings_s": {}}
   logging.info("target: %s", summary["target"])
 
@@ -127,7 +127,7 @@ def build(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> d
   summary["basis_sizes"] = {n: {nm: int(b.C.shape[1]) for nm, b in zip(names, bs)}
                             for n, bs in all_bases.items()}
   summary["node_dims"] = {nm: int(view.dim(l)) for l, nm in enumerate(names)}
-  summary["degeneracy"] = _degeneracy(c, mod, tcfg, seq, p64, xb64, names,
+  summary["degeneracy"] = _degeneracy(c, target, tcfg, seq, p64, xb64, names,
                                       all_bases[c.bases[0]])
 
   if tcfg.model.kind in FEATURE_REPORTS:
@@ -207,7 +207,7 @@ def build(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> d
   return _jsonable(summary)
 
 
-def _degeneracy(c, mod, tcfg, seq, params, x, names, bases) -> dict:
+def _degeneracy(c, target, tcfg, seq, params, x, names, bases) -> dict:
   """§4.2 measures on the build data: null directions of each node's (centred) Gram matrix and
   of K = E[Jᵀ J] (J = ∂ output / ∂ node; relative tolerance 1e-10), and ReLU firing groups."""
   out = {"gram_null": {nm: degeneracy.rank_deficiency(b.gram_eigenvalues,
@@ -217,8 +217,8 @@ def _degeneracy(c, mod, tcfg, seq, params, x, names, bases) -> dict:
     k = degeneracy.jacobian_gram(seq, params, x, l, chunk_size=c.lib.chunk_size)
     out["jacobian_null"][nm] = degeneracy.rank_deficiency(np.linalg.eigvalsh(k), 1e-10,
                                                           relative=True)
-  if hasattr(mod, "relu_preactivations"):
-    pre = mod.relu_preactivations(params, tcfg.model, x)
+  if target.relu_preactivations is not None:
+    pre = target.relu_preactivations(params, tcfg.model, x)
     out["relu_groups"] = {}
     for nm, p in pre.items():
       g = degeneracy.firing_groups(np.asarray(p).reshape(-1, p.shape[-1]))

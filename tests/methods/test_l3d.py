@@ -13,7 +13,7 @@ from paramdecomp.methods import l3d
 from paramdecomp.core import sparsity, train
 from paramdecomp.methods import l3d_measures as ms
 from paramdecomp.core.config import ConfigError
-from toy_models import circuits, data, squares, tms
+from toy_models import circuits, data, registry, squares, tms
 from paramdecomp.runs import targets as training
 
 
@@ -462,19 +462,19 @@ def test_circuit_target_trains_on_labels_from_its_frozen_task(tmp_path):
   c.data.update(dict(reject_zero=True, batch_size=32))
   c.optim.steps, c.run.log_every, c.run.steps_per_dispatch = 100, 0, 100
   p = training.train_target(c, str(tmp_path))
-  tcfg, loaded = training.load_target(str(tmp_path))
+  _, tcfg, loaded = training.load_target(str(tmp_path))
   np.testing.assert_array_equal(loaded["A"], circuits.init(jax.random.PRNGKey(0), c.model)["A"])
   x = training.batch(jax.random.PRNGKey(0), tcfg, 8)
   assert (x != 0).any(axis=1).all()
   np.testing.assert_allclose(circuits.apply(loaded, x), circuits.apply(p, x), rtol=1e-6)
-  np.testing.assert_array_equal(training.labels(circuits, loaded, x), x @ loaded["A"])
+  np.testing.assert_array_equal(registry.get("circuits").label(loaded, x), x @ loaded["A"])
 
 
 def test_squares_model_variants_and_report():
   cfg = squares.model_config(width=3, activation="elu", output_activation=True)
   params = squares.init(jax.random.PRNGKey(0), cfg)
   x = jnp.linspace(-1, 1, 10).reshape(2, 5)
-  apply = training.model_apply(cfg)
+  apply = registry.of(cfg).make_apply(cfg)
   h = x
   for i in range(5):
     h = jax.nn.elu(h @ params["layers"][str(i)]["w"].T + params["layers"][str(i)]["b"])
@@ -492,7 +492,8 @@ def test_decompose_l3d_runner_writes_summary_and_figures(tmp_path):
   d = dec.default_config()
   d.target_dir = str(tmp_path / "t")
   d.epochs, d.n_samples, d.n_eval, d.warm_start_epochs = 2, 64, 64, 1
-  d.run.update(dict(log_every_epochs=1, checkpoint_every_epochs=1))
+  d.target_view = "untied"  # TM1's encoder and decoder as separate tensors
+  d.run.update(dict(log_every=1, checkpoint_every=1))
   s = dec.decompose(d, str(tmp_path / "d"))
   assert 0 < s["recon_train"] < 2 and len(s["p_act"]) == 5
   # each epoch logs its P_act per subnetwork: all kept in the warm start (k = 0.999), and then

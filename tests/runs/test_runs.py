@@ -137,3 +137,34 @@ def test_misspelt_and_invalid_config_fields_fail_at_once(target_dir, tmp_path):
   c.optim.stepz = 10   # a config file may build fields the schema lacks
   with pytest.raises(ConfigError, match="'optim.stepz'.*'optim.steps'"):
     decomposition.decompose(c, str(tmp_path / "c"))
+
+
+def test_apd_decomposes_the_configured_network_not_the_modules_default(tmp_path):
+  """A squares target built with ELU: the run decomposes the ELU network (the runner used to
+  pass the module's GELU `apply`). The summary's final losses are recomputed from the saved
+  components with each activation: they match the ELU network's only."""
+  from paramdecomp.configs import apd_tms
+  from paramdecomp.core.lowrank import Factors
+  from paramdecomp.methods import apd
+  from toy_models import registry, squares
+  t = training.default_config()
+  t.model = squares.model_config(n_features=3, width=4, n_hidden_layers=1, activation="elu")
+  t.data.update(dict(p=0.3, lo=-1.0, hi=1.0, batch_size=64))
+  t.optim.steps, t.run.log_every, t.run.steps_per_dispatch = 100, 0, 100
+  training.train_target(t, str(tmp_path / "t"))
+  c = apd_tms.get_config("5-2")
+  c.target_dir, c.batch_size = str(tmp_path / "t"), 64
+  c.apd.update(dict(decompose=("layers/.*/w",), C=3, m=1, topk=1.0))
+  c.optim.steps, c.run.steps_per_dispatch, c.run.log_every = 20, 20, 0
+  s = decomposition.decompose(c, str(tmp_path / "apd"))
+  _, tcfg, params = training.load_target(str(tmp_path / "t"))
+  ck = Checkpointer(str(tmp_path / "apd"))
+  saved = load_on_one_device(os.path.join(ck.directory, "20", "default"))["params"]
+  comps = {path: Factors(jnp.asarray(f["U"]), jnp.asarray(f["V"])) for path, f in saved.items()}
+  ck.close()
+  x = registry.get("squares").batch(jax.random.fold_in(jax.random.PRNGKey(c.seed), 2), tcfg, 64)
+  assert squares.apply_for(tcfg.model) is not squares.apply
+  for act, want_match in (("elu", True), ("gelu", False)):
+    apply = squares.make_apply(act)
+    _, m = apd.loss(comps, params, x, None, apply=apply, cfg=c.apd)
+    assert np.isclose(float(m["minimality"]), s["minimality"], rtol=1e-5) == want_match, act

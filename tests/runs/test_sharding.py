@@ -177,8 +177,8 @@ def _l3d_cmd(target_dir, workdir, data, comps, *extra):
           f"--workdir={workdir}", f"--config.target_dir={target_dir}",
           "--config.zero_rows=reject", "--config.n_samples=128", "--config.n_eval=64",
           "--config.epochs=4", "--config.l3d.n_subnets=8", "--config.l3d.path=forward",
-          "--config.l3d.chunk_size=8", "--config.run.log_every_epochs=1",
-          "--config.run.checkpoint_every_epochs=2",
+          "--config.l3d.chunk_size=8", "--config.run.log_every=1",
+          "--config.run.checkpoint_every=2",
           f"--config.run.mesh.data={data}", f"--config.run.mesh.components={comps}", *extra]
 
 

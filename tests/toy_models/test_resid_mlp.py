@@ -1,6 +1,5 @@
 """Residual MLP toy models against their definitions and the oracles of METHODS.md §6.1."""
 import os
-import sys
 
 import jax
 import jax.numpy as jnp

@@ -1,5 +1,3 @@
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +25,7 @@ def test_identity_hidden_layer_stays_frozen_in_training(tmp_path):
   np.testing.assert_array_equal(p["hidden"], jnp.eye(2)[None])
   init = tms.init(jax.random.PRNGKey(c.seed), c.model)
   assert float(jnp.abs(p["W"] - init["W"]).max()) > 1e-2   # W did train
-  c2, p2 = training.load_target(str(tmp_path))
+  _, c2, p2 = training.load_target(str(tmp_path))
   assert c2.model.n_hidden_layers == 1
   for k in p:
     np.testing.assert_array_equal(p[k], p2[k])
