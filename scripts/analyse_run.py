@@ -9,9 +9,9 @@ import json
 from absl import app, flags
 
 from paramdecomp.core.cli import setup_logging
-from paramdecomp.runs.decompose_apd import analyse_checkpoint
+from paramdecomp.runs.analyse import analyse_checkpoint
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of scripts/decompose.py.",
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of scripts/decompose.py or decompose_l3d.py.",
                                required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 

@@ -1,6 +1,7 @@
 """Small helpers shared by the absl scripts."""
 from __future__ import annotations
 
+import json
 import logging as pylogging
 import os
 import platform
@@ -48,6 +49,25 @@ def init_distributed() -> None:
     jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def run_main(run, what: str, distributed: bool = True):
+  """The `main` of a run script: flags --config, --workdir, --resume (and the distributed flags),
+  then ``run(config, workdir, resume=...)``, whose summary is printed as JSON. Define it at
+  module level (it defines the flags)."""
+  config, workdir, resume = define_run_flags(what)
+  if distributed:
+    define_distributed_flags()
+
+  def main(argv):
+    del argv
+    setup_logging()
+    if distributed:
+      init_distributed()
+    summary = run(config.value, workdir.value, resume=resume.value)
+    print(json.dumps(summary, indent=2), flush=True)
+
+  return main
 
 
 def machine_line() -> str:

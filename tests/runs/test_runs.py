@@ -168,3 +168,25 @@ def test_apd_decomposes_the_configured_network_not_the_modules_default(tmp_path)
     apply = squares.make_apply(act)
     _, m = apd.loss(comps, params, x, None, apply=apply, cfg=c.apd)
     assert np.isclose(float(m["minimality"]), s["minimality"], rtol=1e-5) == want_match, act
+
+
+def test_reopened_l3d_run_reproduces_its_summary(tmp_path):
+  """`runs.analyse` finds the method from config.json and summarises a saved L3D step exactly
+  as the run itself did."""
+  from paramdecomp.runs import analyse, decompose_l3d
+  t = training.default_config()
+  t.data.update(dict(reject_zero=True, batch_size=32))
+  t.optim.steps, t.run.log_every, t.run.steps_per_dispatch = 100, 0, 100
+  training.train_target(t, str(tmp_path / "t"))
+  d = decompose_l3d.default_config()
+  d.target_dir, d.target_view = str(tmp_path / "t"), "untied"
+  d.epochs, d.n_samples, d.n_eval, d.batch_size = 2, 64, 64, 32
+  d.run.update(dict(log_every=0, checkpoint_every=1))
+  s = decompose_l3d.decompose(d, str(tmp_path / "d"))
+  assert analyse.spec_of(str(tmp_path / "d")) is decompose_l3d.SPEC
+  again = analyse.analyse_checkpoint(str(tmp_path / "d"))
+  assert again["step"] == 4
+  for k in ("recon_train", "recon_heldout", "p_act", "specificity", "tms"):
+    assert again[k] == s[k], k
+  with pytest.raises(MissingCheckpointError, match="no run"):
+    analyse.spec_of(str(tmp_path))
