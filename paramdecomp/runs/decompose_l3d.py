@@ -1,4 +1,4 @@
-"""L3D decomposition of a saved toy target (METHODS.md §3.4-3.6): run directory, summary, figures.
+"""L3D decomposition of a saved toy target (docs/methods/l3d.md §3.4-3.6): run dir, summary, plots.
 
 L3D trains on a fixed set of `n_samples` points in epochs (unlike APD's fresh batches), so it has
 its own runner; it reuses the shared loop (`train.fit`), checkpoints and summary JSON. Each step
@@ -47,7 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.n_eval = 1000              # held-out points for the summary
   # all-zero input rows in the decomposition data (training set and held-out): 'target' as the
   # target's generator (L3D toys reject them, §3.5), 'reject', or 'keep' (plain p = 0.05
-  # sparsity: most references are then f(0); see the README's L3D notes)
+  # sparsity: most references are then f(0); see docs/notes/l3d_tm1_tm2_bounds.md)
   c.zero_rows = "target"
   c.batch_size = 32
   c.epochs = 1000
