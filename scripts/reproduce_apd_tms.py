@@ -1,4 +1,4 @@
-"""Reproduce APD's TMS results (METHODS.md §1.10) over several seeds and print a table.
+"""Reproduce APD's TMS results (docs/methods/apd.md §1.10) over several seeds and print a table.
 
   python scripts/reproduce_apd_tms.py --variant=5-2 --seeds=1,2,3 --workdir=runs/repro_5-2
   python scripts/reproduce_apd_tms.py --variant=40-10 --seeds=1,2,3 --workdir=runs/repro_40-10

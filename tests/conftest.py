@@ -1,4 +1,4 @@
-"""Oracle tests run in float64 (METHODS.md §6)."""
+"""Oracle tests run in float64 (docs/methods/oracles.md §6)."""
 import jax
 
 jax.config.update("jax_enable_x64", True)

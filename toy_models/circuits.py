@@ -1,4 +1,4 @@
-"""Circuit superposition toys of L3D (METHODS.md §3.5, TM2 and TM3).
+"""Circuit superposition toys of L3D (docs/methods/l3d.md §3.5, TM2 and TM3).
 
 y = ReLU(W_out W_in x + b) trained on the label y* = A^T x with a fixed A_ij ~ U[0, a_max].
 params: {'W_in': [n_hidden, n_features], 'W_out': [n_features, n_hidden], 'b': [n_features],

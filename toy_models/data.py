@@ -1,4 +1,4 @@
-"""Sparse feature vectors (METHODS.md §0.3), generated on device from a key."""
+"""Sparse feature vectors (docs/methods/shared.md §0.3), generated on device from a key."""
 from __future__ import annotations
 
 import jax
@@ -30,7 +30,8 @@ def exactly_n_active(key, batch: int, n_features: int, n: int, lo: float = 0.0,
 def sparse_features_nonzero(key, batch: int, n_features: int, p: float, lo: float = 0.0,
                             hi: float = 1.0, group_size: int = 1, random_sign: bool = False,
                             dtype=jnp.float32) -> jax.Array:
-  """L3D's generator (METHODS.md §0.3, §3.5): like `sparse_features` but never an all-zero row.
+  """L3D's generator (docs/methods/shared.md §0.3, l3d.md §3.5): `sparse_features` without all-zero
+  rows.
 
   Features come in co-active groups of `group_size` (each group active with probability p, every
   member of an active group drawn independently from U[lo, hi]); `random_sign` flips each value's

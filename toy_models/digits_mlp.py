@@ -1,6 +1,6 @@
 """An MLP on the 8x8 handwritten digits that scikit-learn ships (`load_digits`; nothing is
 downloaded), in Flax linen: 64 -> 100 -> 100 -> 10, ReLU, biases (the LIB paper's MNIST MLP shape
-on the smaller images, METHODS.md §5.5).
+on the smaller images, docs/methods/lib.md §5.5).
 
 Sequential view: node `layers.k` is the input of layer k (`layers.0` the pixels scaled to [0, 1]),
 `output` the logits.

@@ -1,4 +1,4 @@
-"""One-layer modular-addition transformer (METHODS.md §5.5), in Flax linen.
+"""One-layer modular-addition transformer (docs/methods/lib.md §5.5), in Flax linen.
 
 Input: token ids [..., 3] = (a, b, '=') with '=' the id p; target (a + b) mod p at the last
 position. d_model 128, 4 heads of 32, d_mlp 512, ReLU, no LayerNorm, attention without biases,

@@ -1,6 +1,7 @@
 """Residual MLP toy models: compressed computation and cross-layer distributed representations.
 
-r_0 = W_E x,  r_k = r_{k-1} + W_out^k ReLU(W_in^k r_{k-1}),  y = W_E^T r_L   (METHODS.md §0.4)
+r_0 = W_E x,  r_k = r_{k-1} + W_out^k ReLU(W_in^k r_{k-1}),  y = W_E^T r_L
+(docs/methods/shared.md §0.4)
 
 params: {'W_E': [d_resid, n_features] (fixed, unit-norm random columns; frozen),
          'layers': {'0': {'W_in': [d_mlp, d_resid], 'W_out': [d_resid, d_mlp]}, ...}}.

@@ -1,4 +1,4 @@
-"""L3D's TM4 ('complex loss landscape', METHODS.md §3.5): an MLP computing x_i -> x_i^2.
+"""L3D's TM4 ('complex loss landscape', docs/methods/l3d.md §3.5): an MLP computing x_i -> x_i^2.
 
 params: {'layers': {'0': {'w': [d_1, d_0], 'b': [d_1]}, ...}} (column-vector layout), hidden
 layers of width `width`, `activation` after every hidden layer (and after the output with

@@ -1,4 +1,4 @@
-"""Toy model of superposition: x_hat = ReLU(W^T H W x + b) with tied W (METHODS.md §0.4).
+"""Toy model of superposition: x_hat = ReLU(W^T H W x + b), W tied (docs/methods/shared.md §0.4).
 
 params: {'W': [n_hidden, n_features], 'b': [n_features]} and, for the +ID variants,
 'hidden': [n_hidden_layers, n_hidden, n_hidden] fixed to the identity (frozen in training).

@@ -1,4 +1,4 @@
-"""APD on the residual-MLP targets (METHODS.md §1.8), the reference code's settings.
+"""APD on the residual-MLP targets (docs/methods/apd.md §1.8), the reference code's settings.
 
   python scripts/train_toy.py --config=paramdecomp/configs/resid_mlp.py:1-layer \
       --workdir=runs/resid_mlp_1
@@ -11,11 +11,9 @@ Batch 256 with batch top-k 1.28 (the paper's analysis setting), lr 1e-3 cosine w
 10k steps, Kaiming-uniform factors scaled by 2 (init_scale) for the full-rank variants. The rank-1
 variants start 20x smaller (init_scale 0.1): Kaiming's fan-in is d * m, so at m = 1 the reference
 scale gives each component a norm several times the target's and 130-200 of them sum to noise
-that faithfulness must first cancel. Measured at step 2500: 1-layer 100 distinct components,
-100 monosemantic, 30 dead (scale 2: 83 / 66 / 43); 2-layer faithfulness 1e-5 from step 500 on
-(scale 2: 0.39 at step 500, 0.015 at 5k, no component matched a feature). The full-rank 2-layer
-variant has the same problem at scale 2 (faithfulness 0.26 at step 500); with
---config.apd.init_scale=0.2 it is 2e-5 there. Results of all of them in the README.
+that faithfulness must first cancel. The full-rank 2-layer variant has the same problem at
+scale 2 and trains with --config.apd.init_scale=0.2 (docs/notes/apd_resid_mlp_init_scale.md).
+Results of all of them: results/apd_resid_mlp.md.
 """
 from paramdecomp.runs.decompose_apd import default_config
 

@@ -1,4 +1,4 @@
-"""APD on toy models of superposition, with the paper's hyperparameters (METHODS.md §1.8).
+"""APD on toy models of superposition, with the paper's hyperparameters (docs/methods/apd.md §1.8).
 
   python scripts/decompose.py --config=paramdecomp/configs/apd_tms.py:5-2 \
       --config.target_dir=runs/tms_5-2 --workdir=runs/apd_tms_5-2
@@ -16,8 +16,8 @@ def get_config(variant: str = "5-2"):
   elif variant == "40-10":
     c.apd.update(dict(C=50, m=11, topk=1.0, faithfulness_coeff=1.0, minimality_coeff=10.0,
                       simplicity_coeff=20.0, schatten_p=0.9))
-    # The paper's lr is 1e-3; here that stalls at MMCS 0.976-0.984 (seeds 1-3) with a few features
-    # split over two components, while 3e-3 reaches the paper's MMCS and ML2R (BENCHMARKS.md).
+    # The paper's lr is 1e-3; here that stalls below 3e-3's MMCS with a few features split over
+    # two components (results/apd_tms.md).
     c.optim.update(dict(lr=3e-3, schedule="cosine", warmup_pct=0.05, steps=20_000))
   elif variant == "5-2-lp":  # the Lp attribution-sparsity variant (§1.5; reference config)
     c.apd.update(dict(C=5, m=3, formulation="lp", lp_p=0.9, minimality_coeff=7.0,

@@ -1,4 +1,4 @@
-"""MLP on scikit-learn's 8x8 digits (64 -> 100 -> 100 -> 10; METHODS.md §5.5's MNIST recipe).
+"""MLP on sklearn's 8x8 digits, 64 -> 100 -> 100 -> 10 (the MNIST recipe, docs/methods/lib.md §5.5).
 
   python scripts/train_toy.py --config=paramdecomp/configs/digits_mlp.py --workdir=runs/digits
 

@@ -1,4 +1,4 @@
-"""L3D decompositions of the toy targets with the paper's hyperparameters (METHODS.md §3.4-3.5).
+"""L3D decompositions of the toy targets with the paper's settings (docs/methods/l3d.md §3.4-3.5).
 
   python scripts/decompose_l3d.py --config=paramdecomp/configs/l3d_decompose.py:tm1 \
       --config.target_dir=runs/l3d_tm1 --workdir=runs/l3d_tm1_dec
@@ -7,10 +7,11 @@ fraction 0.1, all tensors (biases included) decomposed. tm1: 5 rank-1 subnetwork
 rank-1; tm3: 10 rank-3 (the rank shown in the paper); tm3-code: 8 rank-2 (the reference code's
 30-10-30, six groups); tm4: 5 rank-2 with a 10-epoch warm start
 at k = 0.999 (the reference code's setting for the squares model).
---config.zero_rows=keep decomposes on plain p = 0.05 sparsity (all-zero rows kept): README, L3D
-known gaps. `<toy>-const` (e.g. tm2-const) takes the constant all-zeros reference output, §3.1's
-first candidate, instead of another sample's output; tm2-const also warm-starts for 10 epochs. The
-issue's TM1-TM3 figures are reached with it, not with the batch reference (README, L3D toys).
+--config.zero_rows=keep decomposes on plain p = 0.05 sparsity (all-zero rows kept; see
+docs/notes/l3d_tm1_tm2_bounds.md). `<toy>-const` (e.g. tm2-const) takes the constant all-zeros
+reference output, §3.1's first candidate, instead of another sample's output; tm2-const also
+warm-starts for 10 epochs. The issue's TM1-TM3 figures are reached with it, not with the batch
+reference (results/l3d_toys.md).
 """
 from paramdecomp.runs.decompose_l3d import default_config
 
@@ -31,6 +32,6 @@ def get_config(variant: str = "tm1"):
     c.target_view = "untied"
   if const:
     c.l3d.reference = "constant"
-    if toy == "tm2":  # without it one or two subnetworks end dead (decomposition seeds 0, 1, 2)
+    if toy == "tm2":  # without it some subnetworks end dead (docs/notes/l3d_reference_output.md)
       c.warm_start_epochs = max(warm, 10)
   return c

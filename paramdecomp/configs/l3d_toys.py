@@ -1,4 +1,4 @@
-"""L3D's toy targets (METHODS.md §3.5), trained with the L3D recipe.
+"""L3D's toy targets (docs/methods/l3d.md §3.5), trained with the L3D recipe.
 
   python scripts/train_toy.py --config=paramdecomp/configs/l3d_toys.py:tm1 --workdir=runs/l3d_tm1
 Variants: tm1 (TMS 5-2, tied), tm2 (circuit superposition 10-5-10), tm3 (higher-rank circuits:

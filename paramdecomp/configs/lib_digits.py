@@ -1,4 +1,4 @@
-"""LIB vs PCA on the digits MLP (the MNIST MLP recipe of METHODS.md §5.5 on sklearn's digits).
+"""LIB vs PCA on the digits MLP (docs/methods/lib.md §5.5's MNIST MLP recipe on sklearn's digits).
 
   python scripts/train_toy.py --config=paramdecomp/configs/digits_mlp.py --workdir=runs/digits
   python scripts/build_basis.py --config=paramdecomp/configs/lib_digits.py \

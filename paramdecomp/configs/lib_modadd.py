@@ -1,4 +1,4 @@
-"""LIB vs PCA on the modular-addition transformer (METHODS.md §5.5 build settings).
+"""LIB vs PCA on the modular-addition transformer (docs/methods/lib.md §5.5 build settings).
 
   python scripts/train_toy.py --config=paramdecomp/configs/modadd.py --workdir=runs/modadd
   python scripts/build_basis.py --config=paramdecomp/configs/lib_modadd.py \

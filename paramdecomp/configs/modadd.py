@@ -1,4 +1,4 @@
-"""Modular-addition transformer target (p = 113; METHODS.md §5.5).
+"""Modular-addition transformer target (p = 113; docs/methods/lib.md §5.5).
 
   python scripts/train_toy.py --config=paramdecomp/configs/modadd.py --workdir=runs/modadd
 

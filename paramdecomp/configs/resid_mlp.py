@@ -1,4 +1,4 @@
-"""Residual MLP targets (METHODS.md §0.4): compressed computation and cross-layer representations.
+"""Residual MLP targets (docs/methods/shared.md §0.4): compressed computation, cross-layer features.
 
   python scripts/train_toy.py --config=paramdecomp/configs/resid_mlp.py:1-layer \
       --workdir=runs/resid_mlp_1

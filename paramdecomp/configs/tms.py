@@ -1,4 +1,4 @@
-"""Toy models of superposition targets (METHODS.md §0.4).
+"""Toy models of superposition targets (docs/methods/shared.md §0.4).
 
   python scripts/train_toy.py --config=paramdecomp/configs/tms.py:5-2 --workdir=runs/tms_5-2
 Variants: 5-2, 40-10, 5-2-id, 40-10-id (the +ID variants add a frozen identity hidden layer).

@@ -1,4 +1,4 @@
-"""Metrics shared by the methods (METHODS.md §0.5)."""
+"""Metrics shared by the methods (docs/methods/shared.md §0.5)."""
 from __future__ import annotations
 
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Learning-rate schedules of the APD/SPD reference code (METHODS.md §0.6), as optax schedules."""
+"""Learning-rate schedules of the APD/SPD reference code, as optax (docs/methods/shared.md §0.6)."""
 from __future__ import annotations
 
 import math

@@ -3,9 +3,9 @@
 A `Sequential` is ``input_fn(params, x) -> f^0`` followed by layers
 ``layer_k(params, f^k, c) -> f^{k+1}``. Each layer acts on one sample (no batch axis) or on any
 leading batch axes alike. `c` is the value of the constant coordinate that every bias of the layer
-multiplies ("bias folding", METHODS.md §5.2 step 0): at c = 1 the layer is the model's own; methods
-that scale a node's activations (integrated gradients) scale c with them. Wrappers fold biases by
-scaling the param leaves whose '/'-joined path matches `bias_pattern`.
+multiplies ("bias folding", docs/methods/lib.md §5.2 step 0): at c = 1 the layer is the model's
+own; methods that scale a node's activations (integrated gradients) scale c with them. Wrappers
+fold biases by scaling the param leaves whose '/'-joined path matches `bias_pattern`.
 """
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def fraction_threshold(scores: jax.Array, frac: float) -> jax.Array:
   """Scalar tau: the n-th largest of all entries of `scores`, n = floor(frac * scores.size).
 
   Keeping ``scores >= tau`` keeps (ties aside) the top `frac` fraction of the entries: L3D's
-  fractional batch top-k (METHODS.md §3.3) over all B x n_v coefficients.
+  fractional batch top-k (docs/methods/l3d.md §3.3) over all B x n_v coefficients.
   """
   n = int(frac * scores.size)
   if not 0 < n <= scores.size:

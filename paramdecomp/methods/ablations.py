@@ -1,5 +1,5 @@
-"""Node and edge ablations of a basis (METHODS.md §5.4): how many directions and edges a model
-needs to keep its performance.
+"""Node and edge ablations of a basis (docs/methods/lib.md §5.4): how many directions and edges a
+model needs to keep its performance.
 
 Scores are per-sample functions ``score_fn(output [B, ...], y [B]) -> {name: [B]}`` averaged over
 the evaluation data in jitted, chunked scans (`scan.dataset_sum`).

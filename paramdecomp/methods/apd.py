@@ -1,4 +1,4 @@
-"""APD: attribution-based parameter decomposition (METHODS.md §1).
+"""APD: attribution-based parameter decomposition (docs/methods/apd.md §1).
 
 The decomposed weights are the leaves of the target's params pytree matched by `cfg.decompose`
 (regular expressions over '/'-joined paths). Each gets C rank-m components P_c = U_c V_c^T. Nothing

@@ -1,4 +1,4 @@
-"""Degeneracy measures and the modularity metric of the interaction-basis paper (METHODS.md §4).
+"""Degeneracy measures and the modularity metric of the interaction-basis paper (docs/methods/ib.md)
 
 * activation degeneracy: null directions of a node's Gram matrix (`rank_deficiency` of
   `lib.gram`'s eigenvalues);

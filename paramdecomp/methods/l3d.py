@@ -1,4 +1,4 @@
-"""L3D: local loss landscape decomposition (METHODS.md §3).
+"""L3D: local loss landscape decomposition (docs/methods/l3d.md §3).
 
 Per-sample divergence gradients g_i = grad_W D(f(x_i, W), y_r) at the target W0 (all decomposed
 tensors, biases included) are reconstructed from n_v subnetworks: an encoder V_in gives the

@@ -1,4 +1,4 @@
-"""Measurements and interventions along L3D subnetworks (METHODS.md §3.6).
+"""Measurements and interventions along L3D subnetworks (docs/methods/l3d.md §3.6).
 
 `dec` is the decoder map of an L3D state ({path: Tucker}); its rows v_k are the subnetworks.
 Interventions evaluate the target at W0 + delta v_k with the decomposed tensors replaced; `paths`

@@ -1,4 +1,4 @@
-"""LIB, the local interaction basis (METHODS.md §5), and the interaction basis of §4.3.
+"""LIB, the local interaction basis (docs/methods/lib.md §5), and the interaction basis (ib.md §4.3)
 
 Works on a `paramdecomp.core.sequential.Sequential` view: node l is the input of layer l, node L the
 output. Every node but the last carries a constant coordinate (last entry, = 1) that all biases of

@@ -34,7 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.n_eval = 1000              # held-out points for the summary
   # all-zero input rows in the decomposition data (training set and held-out): 'target' as the
   # target's generator (L3D toys reject them, §3.5), 'reject', or 'keep' (plain p = 0.05
-  # sparsity: most references are then f(0); docs/notes)
+  # sparsity: most references are then f(0); see docs/notes/l3d_tm1_tm2_bounds.md)
   c.zero_rows = "target"
   c.batch_size = 32
   c.epochs = 1000

@@ -1,4 +1,4 @@
-"""The APD paper's analyses of a decomposed residual MLP (METHODS.md §1.9).
+"""The APD paper's analyses of a decomposed residual MLP (docs/methods/apd.md §1.9).
 
 Which component carries which feature (the largest attribution on the one-hot input e_i), how its
 neurons compare with the target's, the loss with one component vs batch top-k on one-hot inputs,

@@ -1,4 +1,4 @@
-"""Schedules, data generator and metrics against their definitions (METHODS.md §6.1)."""
+"""Schedules, data generator and metrics against their definitions (docs/methods/oracles.md §6.1)"""
 import math
 
 import jax

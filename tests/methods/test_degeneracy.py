@@ -1,4 +1,4 @@
-"""Degeneracy measures and the modularity metric (METHODS.md §6.5), in float64."""
+"""Degeneracy measures and the modularity metric (docs/methods/oracles.md §6.5), in float64."""
 import jax
 import jax.numpy as jnp
 import numpy as np

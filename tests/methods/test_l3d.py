@@ -1,5 +1,6 @@
-"""L3D oracles (METHODS.md §6.4): closed-form gradients, the two paths against each other, Tucker
-blocks against mode products, top-k against a sort, references, normalisation, interventions."""
+"""L3D oracles (docs/methods/oracles.md §6.4): closed-form gradients, the two paths against each
+other, Tucker blocks against mode products, top-k against a sort, references, normalisation,
+interventions."""
 import json
 import os
 

@@ -1,4 +1,4 @@
-"""LIB and interaction-basis oracles (METHODS.md §6.5-6.6), in float64."""
+"""LIB and interaction-basis oracles (docs/methods/oracles.md §6.5-6.6), in float64."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,9 +1,9 @@
-"""The issue's L3D toy targets (METHODS.md §3.7), full runs: `pytest -m slow tests/test_l3d_slow.py`
-(about 2 min per toy on 2 cores: target training 30-60 s, 1000-epoch decomposition 25-70 s).
+"""The issue's L3D toy targets (docs/methods/l3d.md §3.7), full runs:
+`pytest -m slow tests/runs/test_l3d_slow.py` (durations: results/test_suite.md).
 
-Targets not reached by the current code are xfail with the measured value in the reason (see
-README, "L3D toys"), so that the suite reports them rather than hides them: an xpass means the
-gap closed. TM1 and TM2 also run with the decomposition data's all-zero rows kept
+Targets not reached by the current code are xfail with the measured value in the reason (the
+measurements: results/l3d_toys.md), so that the suite reports them rather than hides them: an
+xpass means the gap closed. TM1 and TM2 also run with the decomposition data's all-zero rows kept
 (`zero_rows=keep`).
 """
 import json
@@ -15,8 +15,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(ROOT, "paramdecomp", "configs")
-# TM1: seed 3 is the first target seed that represents all 5 features (seeds 0-2 keep 3-4);
-# TM4: seed 0 leaves features 2 and 4 uncomputed, seed 1 computes all 5
+# the first target seeds whose TM1 represents all 5 features and whose TM4 computes all 5
+# (results/l3d_toys.md)
 SEEDS = {"tm1": 3, "tm2": 0, "tm3": 0, "tm3-code": 0, "tm4": 1, "tm4-code": 0}
 
 
@@ -75,8 +75,8 @@ def test_tm1_reconstruction(runs):
 @pytest.mark.slow
 def test_tm1_and_tm2_issue_targets_are_below_the_bound_of_the_specified_object(runs):
   """With L3D's generator (all-zero rows rejected, §0.3) no n_v directions, whatever their
-  coefficients and without top-k, reach the issue's reconstruction targets (measured bounds
-  0.151 and 0.217 pooled; training reaches 0.217 and 0.239 pooled, the rest is top-k)."""
+  coefficients and without top-k, reach the issue's reconstruction targets (the bounds and the
+  trained losses: results/l3d_toys.md; why: docs/notes/l3d_tm1_tm2_bounds.md)."""
   for variant, target in (("tm1", 0.12), ("tm2", 0.065)):
     s = runs(variant)
     assert s["recon_bound_heldout"] > target
@@ -85,8 +85,7 @@ def test_tm1_and_tm2_issue_targets_are_below_the_bound_of_the_specified_object(r
 
 @pytest.mark.slow
 def test_tm1_with_zero_rows_kept(runs):
-  """Plain p = 0.05 sparsity (most references are then f(0)): measured 0.074 held-out (0.108
-  pooled over the batches)."""
+  """Plain p = 0.05 sparsity (most references are then f(0)); measured: results/l3d_toys.md."""
   s = runs("tm1", KEEP)
   assert s["recon_heldout"] <= 0.12
   assert s["tms"]["distinct_matches"] == 5
@@ -103,7 +102,7 @@ def test_tm2_reconstruction_and_coefficient_recovery(runs):
 
 @pytest.mark.slow
 def test_tm2_coefficient_recovery_with_zero_rows_kept(runs):
-  """Measured correlation 0.936 (paper 0.92)."""
+  """The paper's correlation bar with zero rows kept (measured: results/l3d_toys.md)."""
   assert runs("tm2", KEEP)["coef_corr"] >= 0.9
 
 
@@ -126,29 +125,28 @@ def test_tm3_one_live_subnetwork_per_group(runs):
 
 @pytest.mark.slow
 def test_tm3_with_eight_subnetworks_one_live_subnetwork_per_group(runs):
-  """The reference code's n_v = 8 on the paper's 25-10-25 target (0.8 coefficients per sample):
-  measured one live subnetwork per group, 3 dead, for decomposition seeds 0 and 2 (seed 1: 6
-  live, one group split)."""
+  """The reference code's n_v = 8 on the paper's 25-10-25 target (0.8 coefficients per sample;
+  measured over seeds: results/l3d_toys.md, docs/notes/l3d_tm3_extra_subnetworks.md)."""
   s = runs("tm3", "--config.l3d.n_subnets=8")
   assert s["groups"]["one_live_per_group"] and s["dead"] == 3
 
 
 @pytest.mark.slow
 def test_tm3_reference_code_variant_one_live_subnetwork_per_group(runs):
-  """30-10-30, six groups, 8 rank-2 subnetworks (0.8 coefficients per sample): measured one live
-  subnetwork per group and the 2 spares dead for decomposition seeds 0, 1, 2."""
+  """30-10-30, six groups, 8 rank-2 subnetworks (0.8 coefficients per sample): one live
+  subnetwork per group and the 2 spares dead (measured over seeds: results/l3d_toys.md)."""
   s = runs("tm3-code")
   assert s["groups"]["one_live_per_group"] and s["dead"] == 2
 
 
 # The constant all-zeros reference (§3.1's first candidate, `l3d_decompose.py:<toy>-const`)
-# instead of another sample's output: the issue's TM1-TM3 figures (README, L3D toys).
+# instead of another sample's output: the issue's TM1-TM3 figures (results/l3d_toys.md,
+# docs/notes/l3d_reference_output.md).
 
 
 @pytest.mark.slow
 def test_tm1_with_the_constant_reference(runs):
-  """Measured 0.108 held-out (decomposition seeds 1, 2: 0.099, 0.099; the authors' code about
-  0.105); |cos| >= 0.96 for every encoder block."""
+  """The issue's TM1 bar with the constant reference (measured over seeds: results/l3d_toys.md)."""
   s = runs("tm1-const")
   assert s["recon_heldout"] <= 0.12
   assert s["tms"]["distinct_matches"] == 5
@@ -157,8 +155,8 @@ def test_tm1_with_the_constant_reference(runs):
 
 @pytest.mark.slow
 def test_tm2_with_the_constant_reference(runs):
-  """Measured 0.053 held-out and correlation 0.940 (seeds 1, 2: 0.051 / 0.939, 0.054 / 0.938;
-  paper 0.064 / 0.92), every subnetwork live."""
+  """The issue's TM2 bars with the constant reference, every subnetwork live (measured over
+  seeds: results/l3d_toys.md)."""
   s = runs("tm2-const")
   assert s["recon_heldout"] <= 0.065 and s["coef_corr"] >= 0.9
   assert s["dead"] == 0
@@ -166,8 +164,8 @@ def test_tm2_with_the_constant_reference(runs):
 
 @pytest.mark.slow
 def test_tm3_with_the_constant_reference_one_live_subnetwork_per_group(runs):
-  """The paper's 10 rank-3 subnetworks: measured one live per group and 5 dead for decomposition
-  seeds 0 and 2 (seed 1: a sixth one left at P_act 0.01)."""
+  """The paper's 10 rank-3 subnetworks: one live per group and 5 dead (measured over seeds:
+  results/l3d_toys.md)."""
   s = runs("tm3-const")
   assert s["groups"]["one_live_per_group"] and s["dead"] == 5
 
@@ -190,9 +188,9 @@ def test_tm4_perturbation_specificity(runs):
 @pytest.mark.slow
 def test_tm4_specificity_target_is_above_what_one_direction_per_feature_gives(runs):
   """Even each feature's own best direction (the top singular direction of its per-sample
-  gradients) moves the other samples' outputs almost as much (measured 0.94-1.42 at delta 0.5):
-  most of a feature's gradient energy is on parameters every feature uses (private share
-  measured 0.04-0.25), so no L3D subnetwork tracing one feature reaches 10."""
+  gradients) moves the other samples' outputs almost as much: most of a feature's gradient energy
+  is on parameters every feature uses, so no L3D subnetwork tracing one feature reaches 10
+  (measured: results/l3d_toys.md; docs/notes/l3d_tm4_specificity.md)."""
   s = runs("tm4")
   assert max(s["feature_direction_specificity"]) < 10
   assert max(s["feature_private_share"]) < 0.5

@@ -1,6 +1,6 @@
-"""LIB reproductions (METHODS.md §5.6). Slow: `make test-slow`; the modular-addition one trains
-the transformer and runs the full build with edge bisections (33 min measured on the 2 shared
-cores at load 7-10), the digits one 2 min."""
+"""LIB reproductions (docs/methods/lib.md §5.6). Slow: `make test-slow`; the modular-addition one
+trains the transformer and runs the full build with edge bisections, the digits one is short
+(durations: results/test_suite.md; measured figures: results/lib_toys.md)."""
 import json
 import os
 import subprocess

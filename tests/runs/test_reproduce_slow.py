@@ -1,4 +1,6 @@
-"""The paper's TMS numbers (METHODS.md §1.10). Slow: `make test-slow` (about 30 min on 2 cores)."""
+"""The APD paper's TMS and ResidMLP results (docs/methods/apd.md §1.10). Slow: `make test-slow`
+(durations: results/test_suite.md; measured figures: results/apd_tms.md, results/apd_resid_mlp.md).
+"""
 import json
 import os
 import subprocess
@@ -19,9 +21,9 @@ def _reproduce(tmp_path, variant, seeds):
 
 @pytest.mark.slow
 def test_apd_tms_5_2_seeds(tmp_path):
-  """Seeds 1-4 train targets that represent all 5 features. About one decomposition seed in five
-  lands in a local optimum with two features merged into one component (seed 3 does), so the
-  bar is 3 of 4 seeds at the paper's figures."""
+  """Seeds 1-4 train targets that represent all 5 features. Some decomposition seeds land in a
+  local optimum with two features merged into one component (results/apd_tms.md), so the bar is
+  3 of 4 seeds at the paper's figures."""
   rows = _reproduce(tmp_path, "5-2", "1,2,3,4")
   assert all(r["represented_features"] == 5 for r in rows)
   good = [r for r in rows if r["mmcs"] >= 0.99 and 0.85 <= r["ml2r"] <= 1.05]
@@ -62,9 +64,9 @@ def _decompose_resid_mlp(tmp_path, variant, *flags):
 def _assert_paper_picture(s, distinct, mono, anti_rise):
   """One component per feature with the target's neurons; scrubbing as costly as for the ideal
   per-feature decomposition of the same target (`resid_mlp_apd.ideal_masked_apply`, whose
-  anti-scrubbed / scrubbed ratio is itself only 3-4x on these targets, README); and ablations
-  that raise the MSE of the unablated APD model (its top-k pass) a little when they spare the
-  responsible components and `anti_rise` times or more when they hit them."""
+  anti-scrubbed / scrubbed ratio is itself small, docs/notes/apd_resid_mlp_scrubbing.md); and
+  ablations that raise the MSE of the unablated APD model (its top-k pass) a little when they
+  spare the responsible components and `anti_rise` times or more when they hit them."""
   f, sc = s["features"], s["scrubbing"]
   assert f["distinct_best_components"] >= distinct
   assert f["single_dominant_fraction"] >= 0.9
@@ -79,7 +81,8 @@ def _assert_paper_picture(s, distinct, mono, anti_rise):
 
 @pytest.mark.slow
 def test_apd_resid_mlp_1_layer(tmp_path):
-  """§1.10 on the compressed-computation target with rank-1 components (measured: README)."""
+  """§1.10 on the compressed-computation target with rank-1 components (measured:
+  results/apd_resid_mlp.md)."""
   _assert_paper_picture(_decompose_resid_mlp(tmp_path, "1-layer-rank1"), distinct=95, mono=90,
                         anti_rise=8)
 
@@ -87,7 +90,7 @@ def test_apd_resid_mlp_1_layer(tmp_path):
 @pytest.mark.slow
 def test_apd_resid_mlp_1_layer_full_rank(tmp_path):
   """The reference config (full rank, C = 130), 5k steps: anti-scrubbing raises the top-k MSE by
-  an order of magnitude, scrubbing by about 2x (measured: README)."""
+  an order of magnitude, scrubbing by much less (measured: results/apd_resid_mlp.md)."""
   s = _decompose_resid_mlp(tmp_path, "1-layer", "--config.optim.steps=5000")
   _assert_paper_picture(s, distinct=90, mono=80, anti_rise=10)
   assert s["scrubbing"]["scrubbed_over_topk_mean_ratio"] <= 3
@@ -96,6 +99,6 @@ def test_apd_resid_mlp_1_layer_full_rank(tmp_path):
 @pytest.mark.slow
 def test_apd_resid_mlp_2_layer(tmp_path):
   """§1.10 on the cross-layer target with rank-1 components: components span both layers
-  (measured: README)."""
+  (measured: results/apd_resid_mlp.md)."""
   _assert_paper_picture(_decompose_resid_mlp(tmp_path, "2-layer-rank1"), distinct=95, mono=90,
                         anti_rise=10)

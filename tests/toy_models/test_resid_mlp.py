@@ -1,4 +1,4 @@
-"""Residual MLP toy models against their definitions and the oracles of METHODS.md §6.1."""
+"""Residual MLP toy models against their definitions and oracles (docs/methods/oracles.md §6.1)."""
 import os
 
 import jax
