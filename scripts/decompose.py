@@ -6,12 +6,10 @@
 Multi-host: run the same command on every host with --coordinator_address=host0:port
 --num_processes=N --process_id=i (see BUILD.md).
 """
-from absl import app
-
-from paramdecomp.core.cli import run_main
+from paramdecomp.core import cli
 from paramdecomp.runs.decompose_apd import decompose
 
-main = run_main(decompose, "Decomposition")
+main = cli.run_main(decompose, "Decomposition")
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -8,12 +8,10 @@ subnetworks.png (subnetwork blocks next to the target's tensors) and perturbatio
 Multi-host: run the same command on every host with --coordinator_address=host0:port
 --num_processes=N --process_id=i and a --config.run.mesh.* over all hosts' devices (see BUILD.md).
 """
-from absl import app
-
-from paramdecomp.core.cli import run_main
+from paramdecomp.core import cli
 from paramdecomp.runs.decompose_l3d import decompose
 
-main = run_main(decompose, "L3D decomposition")
+main = cli.run_main(decompose, "L3D decomposition")
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,20 +12,21 @@ and test loss and accuracy. A target that is a poor subject for decomposition pr
 import json
 import os
 
-from absl import app, logging
+from absl import logging
 
 from paramdecomp.core.checkpoint import save_json
-from paramdecomp.core.cli import define_run_flags, setup_logging
+from paramdecomp.core import cli
 from paramdecomp.runs.targets import report, train_target
 
-_CONFIG, _WORKDIR, _RESUME = define_run_flags("Target")
+_CONFIG, _WORKDIR, _RESUME = cli.define_run_flags("Target")
 
 
 def main(argv):
   del argv
-  setup_logging()
+  cli.setup_logging()
   c = _CONFIG.value
-  params = train_target(c, _WORKDIR.value, resume=_RESUME.value)
+  with cli.library_errors():
+    params = train_target(c, _WORKDIR.value, resume=_RESUME.value)
   rep, warnings = report(c, params)
   save_json(os.path.join(_WORKDIR.value, "target_report.json"), rep)
   if "represented_features" in rep:
@@ -37,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

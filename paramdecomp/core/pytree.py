@@ -9,6 +9,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 import jax
+import numpy as np
 
 PyTree = Any
 
@@ -63,3 +64,17 @@ def replace(tree: PyTree, new: Mapping[str, jax.Array]) -> PyTree:
     raise KeyError(f"no leaves at {sorted(unknown)}")
   leaves = [new.get(path_str(p), v) for p, v in flat]
   return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+class NonFiniteError(ValueError):
+  pass
+
+
+def check_finite(tree: PyTree, what: str) -> None:
+  """Raise NonFiniteError naming the first leaf of `tree` (by path) that holds a NaN or an inf."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+      bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+      raise NonFiniteError(f"the {what} holds {bad} non-finite value(s) in {path_str(path)!r} "
+                       f"(shape {a.shape})")

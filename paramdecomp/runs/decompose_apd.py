@@ -54,7 +54,9 @@ def plan(c, target, tcfg, raw, key) -> runner.Plan:
       steps_per_dispatch=c.run.steps_per_dispatch)
 
 
-SPEC = runner.Spec("apd", apd, default_config, validate, plan, apd_summary.summarize)
+# a resumed run may run longer and be analysed differently, nothing else
+SPEC = runner.Spec("apd", apd, default_config, validate, plan, apd_summary.summarize,
+                   resumable=("optim.steps", "analysis."))
 
 
 def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:

@@ -98,8 +98,9 @@ def plan(c, target, tcfg, raw, key) -> runner.Plan:
                      unit_steps=spe, data=data, extra={"tcfg": tcfg})
 
 
+# a resumed run may run longer and be summarised differently, nothing else
 SPEC = runner.Spec("l3d", l3d, default_config, validate, plan, l3d_summary.summarize,
-                   summary_on_host=True)
+                   summary_on_host=True, resumable=("epochs", "n_eval", "perturb_delta"))
 
 
 def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:

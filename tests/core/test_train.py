@@ -1,6 +1,5 @@
 """The loop's manners: what `fit` checks, writes and prints, and what it leaves to the caller."""
 import json
-import os
 
 import jax
 import jax.numpy as jnp
