@@ -8,5 +8,6 @@ config), `paramdecomp.methods` (APD, L3D, LIB), `paramdecomp.models` and `toy_mo
 __version__ = "0.1.0"
 
 from paramdecomp.methods import ablations, apd, degeneracy, l3d, l3d_measures, lib
+from paramdecomp.runs.analyse import load_run
 
-__all__ = ["ablations", "apd", "degeneracy", "l3d", "l3d_measures", "lib"]
+__all__ = ["ablations", "apd", "degeneracy", "l3d", "l3d_measures", "lib", "load_run"]

@@ -1,6 +1,7 @@
 """Orbax checkpointing of a whole training state (trainables, optimiser state, step, PRNG key)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -66,14 +67,30 @@ class Checkpointer:
     self._mgr.close()
 
 
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax warns that a step's item directory has no metadata file of its own (the step
+  directory holds it): true and harmless when an item is read directly."""
+  level = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(level)
+
+
 def load_on_one_device(path: str) -> PyTree:
-  """Any saved pytree (e.g. one step of a sharded run: ``<workdir>/checkpoints/<step>/default``)
-  restored whole onto this process's first local device, whatever mesh wrote it."""
+  """Any saved pytree restored whole onto this process's first local device, whatever mesh wrote
+  it: a `save_target`-style directory, or one step of a run (``<workdir>/checkpoints/<step>``;
+  its item directory ``.../<step>/default`` works too). Containers come back as dicts; restore
+  with `Checkpointer.restore` and a `like` state to get the original types."""
   path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "default")):
+    path = os.path.join(path, "default")
   if not os.path.isdir(path):
     raise MissingCheckpointError(f"no checkpoint at {path}")
   one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  with ocp.StandardCheckpointer() as ckptr:
+  with _quiet_orbax(), ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(path).item_metadata
     like = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
     return ckptr.restore(path, like)

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any, NamedTuple
+
+import ml_collections
 
 from paramdecomp.core.checkpoint import MissingCheckpointError
 from paramdecomp.runs import decompose_apd, decompose_l3d, runner
@@ -27,3 +30,32 @@ def analyse_checkpoint(workdir: str, step: int | None = None) -> dict:
   """The summary of a saved step (default: the latest) of any method's run, written to
   <workdir>/analysis_<step>/ (summary.json and figures)."""
   return runner.analyse_checkpoint(spec_of(workdir), workdir, step)
+
+
+class Run(NamedTuple):
+  """A reopened run: its config, the method's state (its own NamedTuple type) at `step`, the
+  logged metrics (metrics.jsonl rows), its summary (None before it finished), and the target as
+  the method saw it (`apply`, `params`)."""
+  config: ml_collections.ConfigDict
+  method: str
+  step: int
+  state: Any
+  metrics: list
+  summary: dict | None
+  apply: Any
+  params: Any
+
+
+def load_run(workdir: str, step: int | None = None) -> Run:
+  """Reopen the run in `workdir` (any method) at `step` (default: its latest checkpoint)."""
+  spec = spec_of(workdir)
+  c, _, _, _, _, plan, state = runner.restore(spec, workdir, step)
+  rows, summary = [], None
+  log = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(log):
+    with open(log) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+  if os.path.exists(os.path.join(workdir, "summary.json")):
+    with open(os.path.join(workdir, "summary.json")) as f:
+      summary = json.load(f)
+  return Run(c, spec.name, int(state.step), state.params, rows, summary, plan.apply, plan.params)

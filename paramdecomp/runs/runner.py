@@ -223,20 +223,29 @@ def saved_config(spec: Spec, workdir: str) -> ml_collections.ConfigDict:
     return with_defaults(spec.default_config(), json.load(f))
 
 
-def analyse_checkpoint(spec: Spec, workdir: str, step: int | None = None) -> dict:
-  """`spec.summarize` a saved step (default: the latest) of a run into
-  <workdir>/analysis_<step>/ (summary.json and figures), e.g. while the run goes on."""
+def restore(spec: Spec, workdir: str, step: int | None = None):
+  """(config, target record, target config, raw params, key, plan, TrainState at `step`) of the
+  run in `workdir` (default: its latest checkpoint), the state with its original types."""
   c = saved_config(spec, workdir)
   target, tcfg, raw, key, plan = _prepare(spec, c)
   ck = Checkpointer(workdir)
-  step = ck.latest_step() if step is None else step
-  state = ck.restore(_state(spec, plan, key), step)
-  ck.close()
+  try:
+    step = ck.latest_step() if step is None else step
+    state = ck.restore(_state(spec, plan, key), step)
+  finally:
+    ck.close()
+  return c, target, tcfg, raw, key, plan, state
+
+
+def analyse_checkpoint(spec: Spec, workdir: str, step: int | None = None) -> dict:
+  """`spec.summarize` a saved step (default: the latest) of a run into
+  <workdir>/analysis_<step>/ (summary.json and figures), e.g. while the run goes on."""
+  c, target, tcfg, raw, key, plan, state = restore(spec, workdir, step)
+  step = int(state.step)
   out_dir = os.path.join(workdir, f"analysis_{step}")
   os.makedirs(out_dir, exist_ok=True)
   comps = sharding.to_host(state.params) if spec.summary_on_host else state.params
   summary = spec.summarize(c, plan, target, tcfg, raw, comps, key, out_dir)
-  summary["step"] = int(step)
+  summary["step"] = step
   save_json(os.path.join(out_dir, "summary.json"), summary)
   return summary
-

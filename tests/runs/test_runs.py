@@ -190,3 +190,27 @@ def test_reopened_l3d_run_reproduces_its_summary(tmp_path):
     assert again[k] == s[k], k
   with pytest.raises(MissingCheckpointError, match="no run"):
     analyse.spec_of(str(tmp_path))
+
+
+def test_load_run_reopens_state_types_metrics_and_summary(target_dir, tmp_path, caplog):
+  """`paramdecomp.load_run`: the method state with its own types (the tree structure `init`
+  makes), the logged metrics and the summary; no orbax warnings on the way."""
+  import paramdecomp
+  from paramdecomp.methods import apd
+  c = decomposition.default_config()
+  c.target_dir, c.optim.steps, c.batch_size = target_dir, 40, 64
+  c.run.update(dict(log_every=20, checkpoint_every=20, steps_per_dispatch=20))
+  s = decomposition.decompose(c, str(tmp_path / "run"))
+  caplog.clear()
+  run = paramdecomp.load_run(str(tmp_path / "run"))
+  assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+  assert run.method == "apd" and run.step == 40 and run.summary == s
+  assert [r["step"] for r in run.metrics] == [20, 40]
+  like = apd.init(jax.random.PRNGKey(0), run.params, c.apd)
+  assert jax.tree.structure(run.state) == jax.tree.structure(like)
+  half = paramdecomp.load_run(str(tmp_path / "run"), step=20)
+  assert half.step == 20
+  assert not np.array_equal(jax.tree.leaves(half.state)[0], jax.tree.leaves(run.state)[0])
+  # a step directory reads whole, without the '/default' suffix
+  raw = load_on_one_device(str(tmp_path / "run" / "checkpoints" / "40"))
+  np.testing.assert_array_equal(jax.tree.leaves(raw["params"])[0], jax.tree.leaves(run.state)[0])
