@@ -9,6 +9,7 @@ training and which a method sees, the data, and the optional views and reports.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Callable, Mapping
 
 import jax
@@ -18,7 +19,7 @@ from paramdecomp.core.config import ConfigError
 
 PyTree = Any
 Apply = Callable[[PyTree, jax.Array], jax.Array]
-TASKS = ("regress", "classify")
+TASKS = ("regress", "classify", "external")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +38,9 @@ class Target:
   model_config: ``(**kw) -> ConfigDict`` of the model (its defaults are the schema).
   init: ``(key, model_cfg) -> params``.
   make_apply: ``model_cfg -> apply(params, x)``: the configured forward pass (activation etc.).
-  task: 'regress' (mean squared error to `label` on fresh `batch`es) or 'classify'
-    (cross-entropy on the fixed `dataset`).
+  task: 'regress' (mean squared error to `label` on fresh `batch`es), 'classify'
+    (cross-entropy on the fixed `dataset`), or 'external' (a user's trained model: only
+    decomposed here, so it needs `make_apply` and `batch`).
   label: ``(params, x) -> y`` training labels of a regression target (params may hold the task,
     e.g. the circuit toys' matrix A).
   batch: ``(key, cfg, n) -> x [n, ...]``: n samples of the training distribution (cfg has the
@@ -55,7 +57,7 @@ class Target:
   """
   kind: str
   model_config: Callable[..., ml_collections.ConfigDict]
-  init: Callable[[jax.Array, ml_collections.ConfigDict], PyTree]
+  init: Callable[[jax.Array, ml_collections.ConfigDict], PyTree] | None
   make_apply: Callable[[ml_collections.ConfigDict], Apply]
   data_config: Callable[[], ml_collections.ConfigDict]
   task: str = "regress"
@@ -72,7 +74,8 @@ class Target:
   def __post_init__(self):
     if self.task not in TASKS:
       raise ValueError(f"{self.kind}: task {self.task!r} is not one of {TASKS}")
-    need = ("label", "batch") if self.task == "regress" else ("dataset",)
+    need = {"regress": ("init", "label", "batch"), "classify": ("init", "dataset"),
+            "external": ("batch",)}[self.task]
     missing = [f for f in need if getattr(self, f) is None]
     if missing:
       raise ValueError(f"{self.kind}: a {self.task} target needs {missing}")
@@ -92,3 +95,26 @@ class Target:
                         f"it has {sorted(self.views) or 'none'}")
     v = self.views[view]
     return v.apply, v.to_params(params)
+
+
+def import_object(spec: str) -> Any:
+  """The object named by 'package.module:name' (e.g. a user's ``apply``)."""
+  module, sep, name = spec.partition(":")
+  if not sep or not module or not name:
+    raise ConfigError("target", f"{spec!r} is not 'package.module:name'")
+  try:
+    obj = importlib.import_module(module)
+    for part in name.split("."):
+      obj = getattr(obj, part)
+  except (ImportError, AttributeError) as e:
+    raise ConfigError("target", f"cannot import {spec!r}: {e}") from None
+  return obj
+
+
+def external(apply: str, batch: str) -> Target:
+  """The record of a user's model: ``apply(params, x)`` and ``batch(key, n) -> x [n, ...]`` named
+  by module paths ('package.module:name'), so a saved run can find them again."""
+  apply_fn, batch_fn = import_object(apply), import_object(batch)
+  return Target("external", lambda **kw: ml_collections.ConfigDict(dict(kind="external", **kw)),
+                None, lambda model_cfg: apply_fn, lambda: ml_collections.ConfigDict(),
+                task="external", batch=lambda key, c, n: batch_fn(key, n))

@@ -15,7 +15,7 @@ from paramdecomp.core import config as cfglib
 from paramdecomp.core import schedules, train
 from paramdecomp.core.checkpoint import (Checkpointer, MissingCheckpointError, load_on_one_device,
                                          save_json)
-from paramdecomp.core.target import Target
+from paramdecomp.core.target import Target, external
 from toy_models import registry, tms
 
 
@@ -135,13 +135,32 @@ def save_target(workdir: str, c: ml_collections.ConfigDict, params: dict) -> Non
       "model": c.model.to_dict(), "data": c.data.to_dict(), "seed": c.seed})
 
 
+def save_external_target(workdir: str, params: dict, apply: str, batch: str) -> None:
+  """Save a user's trained model as a target the runners take (`target_dir`): its params (any
+  pytree of arrays) and the module paths ('package.module:name') of its ``apply(params, x)`` and
+  of ``batch(key, n) -> x [n, ...]`` (the inputs to decompose on; a pure JAX function)."""
+  external(apply, batch)   # both must import now, not at the first run
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.abspath(os.path.join(workdir, "target"))
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path, params, force=True)
+  save_json(os.path.join(workdir, "target.json"), {
+      "model": {"kind": "external", "apply": apply, "batch": batch}, "data": {}, "seed": 0})
+
+
 def load_target(workdir: str) -> tuple[Target, ml_collections.ConfigDict, dict]:
-  """(record, config with 'model' and 'data', params) of a target saved by `train_target`."""
+  """(record, config with 'model' and 'data', params) of a target saved by `train_target` or
+  `save_external_target`."""
   meta = os.path.join(workdir, "target.json")
   path = os.path.abspath(os.path.join(workdir, "target"))
   if not (os.path.exists(meta) and os.path.isdir(path)):
     raise MissingCheckpointError(f"no trained target in {os.path.abspath(workdir)} "
-                                 "(expected target.json and target/; run scripts/train_toy.py)")
+                                 "(expected target.json and target/; run scripts/train_toy.py, "
+                                 "or save your own with save_external_target)")
   with open(meta) as f:
     c = ml_collections.ConfigDict(json.load(f))
-  return registry.of(c.model), c, load_on_one_device(path)
+  if c.model.kind == "external":
+    record = external(c.model.apply, c.model.batch)
+  else:
+    record = registry.of(c.model)
+  return record, c, load_on_one_device(path)

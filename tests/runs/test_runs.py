@@ -214,3 +214,43 @@ def test_load_run_reopens_state_types_metrics_and_summary(target_dir, tmp_path, 
   # a step directory reads whole, without the '/default' suffix
   raw = load_on_one_device(str(tmp_path / "run" / "checkpoints" / "40"))
   np.testing.assert_array_equal(jax.tree.leaves(raw["params"])[0], jax.tree.leaves(run.state)[0])
+
+
+def test_a_users_own_model_is_a_target_for_the_scripts(tmp_path, monkeypatch):
+  """A user's module (apply and batch by module path) and an .npz of weights: saved with
+  scripts/save_target.py, decomposed by scripts/decompose.py and re-analysed by analyse_run.py,
+  the runs seeing the user's network (a registered toy is not involved)."""
+  (tmp_path / "my_model.py").write_text(
+      "import jax, jax.numpy as jnp\n"
+      "def apply(params, x):\n"
+      "  return jnp.tanh(x @ params['enc']['w']) @ params['dec']['w']\n"
+      "def batch(key, n):\n"
+      "  return jax.random.uniform(key, (n, 4), jnp.float32)\n")
+  w = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+  np.savez(tmp_path / "weights.npz", **{"enc/w": w, "dec/w": w.T.copy()})
+  env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+  run = lambda script, *a: subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script),
+                                           *a], check=True, capture_output=True, text=True,
+                                          env=env)
+  run("save_target.py", f"--params={tmp_path / 'weights.npz'}", "--apply=my_model:apply",
+      "--batch=my_model:batch", f"--workdir={tmp_path / 'target'}")
+  out = run("decompose.py", f"--config={CONFIG}:5-2", f"--workdir={tmp_path / 'apd'}",
+            f"--config.target_dir={tmp_path / 'target'}", "--config.optim.steps=20",
+            "--config.run.steps_per_dispatch=10", "--config.run.checkpoint_every=10",
+            "--config.apd.decompose=('enc/w', 'dec/w')", "--config.apd.C=3", "--config.apd.m=1",
+            "--config.apd.topk=1.0", "--config.batch_size=32")
+  s = json.loads(out.stdout[out.stdout.index("{"):])
+  again = run("analyse_run.py", f"--workdir={tmp_path / 'apd'}")
+  a = json.loads(again.stdout[again.stdout.index("{"):])
+  assert a["step"] == 20 and a["minimality"] == s["minimality"]
+  # the summary's loss is the user's network's: recomputed here from the saved components
+  monkeypatch.syspath_prepend(str(tmp_path))   # the user's module, as on their PYTHONPATH
+  import importlib
+  import paramdecomp
+  from paramdecomp.methods import apd
+  mod = importlib.import_module("my_model")
+  r = paramdecomp.load_run(str(tmp_path / "apd"))
+  x = mod.batch(jax.random.fold_in(jax.random.PRNGKey(r.config.seed), 2), 32)
+  params = {"enc": {"w": jnp.asarray(w)}, "dec": {"w": jnp.asarray(w.T)}}
+  _, m = apd.loss(r.state, params, x, None, apply=mod.apply, cfg=r.config.apd)
+  np.testing.assert_allclose(float(m["minimality"]), s["minimality"], rtol=1e-5)
