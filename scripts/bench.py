@@ -20,7 +20,7 @@ from paramdecomp.configs import tms as tms_configs
 from paramdecomp.core.cli import machine_line
 from paramdecomp.methods import apd
 from paramdecomp.core import train
-from toy_models import registry
+from paramdecomp.toy_models import registry
 
 _VARIANTS = flags.DEFINE_list("variants", ["5-2", "40-10"],
                               "TMS variants, or resid_mlp:<apd_resid_mlp.py variant>.")

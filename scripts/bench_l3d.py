@@ -22,10 +22,10 @@ from paramdecomp.configs import l3d_toys
 from paramdecomp.core.cli import machine_line
 from paramdecomp.methods import l3d
 from paramdecomp.core import train
-from toy_models import squares
+from paramdecomp.toy_models import squares
 from paramdecomp.runs import targets as training
 from paramdecomp.runs.decompose_l3d import sampler
-from toy_models import registry
+from paramdecomp.toy_models import registry
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed dispatches (best is reported).")
 _BATCHES = flags.DEFINE_list("batches", ["32", "256", "1024", "4096"], "Batch sizes (memory).")

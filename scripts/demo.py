@@ -11,7 +11,7 @@ from paramdecomp.configs import apd_tms
 from paramdecomp.configs import tms as tms_configs
 
 from paramdecomp.core.cli import setup_logging
-from toy_models import tms
+from paramdecomp.toy_models import tms
 from paramdecomp.runs.decompose_apd import decompose
 from paramdecomp.runs.targets import train_target
 

@@ -4,7 +4,7 @@
   python scripts/train_toy.py --config=paramdecomp/configs/resid_mlp.py:1-layer --workdir=runs/rmlp1
   python scripts/train_toy.py --config=paramdecomp/configs/modadd.py --workdir=runs/modadd
 
-The report is the target's own (`toy_models.registry`): TMS, the features it represents; ResidMLP,
+The report is the target's own (`paramdecomp.toy_models.registry`): TMS, the features it represents; ResidMLP,
 MSE vs the monosemantic baseline and each output's response to its own feature at x = 1; the x^2
 MLP (L3D's TM4), each feature's error of x_j -> x_j^2; classifiers (modadd, digits_mlp), train
 and test loss and accuracy. A target that is a poor subject for decomposition prints a warning.

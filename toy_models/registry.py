@@ -7,7 +7,7 @@ import ml_collections
 
 from paramdecomp.core.config import ConfigError
 from paramdecomp.core.target import Target, View
-from toy_models import circuits, data, digits_mlp, modadd, resid_mlp, squares, tms
+from paramdecomp.toy_models import circuits, data, digits_mlp, modadd, resid_mlp, squares, tms
 
 
 def _tms_report(c, params, key):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from toy_models.data import sparse_features
+from paramdecomp.toy_models.data import sparse_features
 
 FROZEN = ("W_E",)
 

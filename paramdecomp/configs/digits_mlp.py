@@ -4,7 +4,7 @@
 
 Adam lr 1e-3 (no weight decay), batch 64, 3000 steps (~134 epochs of the 1438 training digits).
 """
-from toy_models import digits_mlp
+from paramdecomp.toy_models import digits_mlp
 from paramdecomp.runs.targets import default_config
 
 

@@ -9,7 +9,7 @@ Feature probability 0.05 with all-zero rows rejected, U[0, 1] inputs (TM4: rando
 AdamW lr 1e-3, weight decay 1e-3, batch 32. The paper trains 1000 epochs over 10,000 points
 (312,500 steps); here every step draws a fresh batch, for the same number of steps.
 """
-from toy_models import circuits, squares, tms
+from paramdecomp.toy_models import circuits, squares, tms
 from paramdecomp.runs.targets import default_config
 
 VARIANTS = ("tm1", "tm2", "tm3", "tm3-code", "tm4", "tm4-code")

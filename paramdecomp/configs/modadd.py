@@ -6,7 +6,7 @@ AdamW lr 1e-3, weight decay 1.0, betas (0.9, 0.98), 10-step linear warmup, on 30
 the reference trains full batch for 60k epochs, here minibatches of 383 (a tenth of the training
 set) for `optim.steps` steps.
 """
-from toy_models import modadd
+from paramdecomp.toy_models import modadd
 from paramdecomp.runs.targets import default_config
 
 

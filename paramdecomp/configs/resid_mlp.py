@@ -6,7 +6,7 @@ Variants: 1-layer (100 features, 50 neurons), 2-layer (25 neurons per layer), 3-
 features, 17 neurons per layer). AdamW (wd 0.01), lr 3e-3 with cosine decay, batch 2048, 10k steps
 (the APD code's 1-layer recipe), p = 0.01, values U[-1, 1].
 """
-from toy_models import resid_mlp
+from paramdecomp.toy_models import resid_mlp
 from paramdecomp.runs.targets import default_config
 
 _VARIANTS = {"1-layer": (100, 1, 50), "2-layer": (100, 2, 25), "3-layer": (102, 3, 17)}

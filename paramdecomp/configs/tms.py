@@ -3,7 +3,7 @@
   python scripts/train_toy.py --config=paramdecomp/configs/tms.py:5-2 --workdir=runs/tms_5-2
 Variants: 5-2, 40-10, 5-2-id, 40-10-id (the +ID variants add a frozen identity hidden layer).
 """
-from toy_models import tms
+from paramdecomp.toy_models import tms
 from paramdecomp.runs.targets import default_config
 
 _VARIANTS = {  # n_features, n_hidden, batch, steps (APD paper recipe)

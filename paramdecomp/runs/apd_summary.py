@@ -14,7 +14,7 @@ from paramdecomp.core import lowrank
 from paramdecomp.core.metrics import mmcs_ml2r
 from paramdecomp.methods import apd
 from paramdecomp.runs import figures, resid_mlp_apd
-from toy_models import tms
+from paramdecomp.toy_models import tms
 
 
 def tms_analysis(c, params, comps, tcfg, key, out_dir) -> dict:

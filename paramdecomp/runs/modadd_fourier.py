@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from paramdecomp.methods import lib
-from toy_models import modadd
+from paramdecomp.toy_models import modadd
 
 
 def feature_report(seq, params, bases, c, n_features: int = 20) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 from paramdecomp.methods import apd
 from paramdecomp.runs import figures
 from paramdecomp.core import lowrank, pytree, sparsity
-from toy_models import data, resid_mlp
+from paramdecomp.toy_models import data, resid_mlp
 
 Components = dict[str, lowrank.Factors]
 

@@ -1,5 +1,5 @@
 """Training, saving and loading targets (toy models) through the shared loop, by their record in
-the target contract (`toy_models.registry`)."""
+the target contract (`paramdecomp.toy_models.registry`)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ from paramdecomp.core import schedules, train
 from paramdecomp.core.checkpoint import (Checkpointer, MissingCheckpointError, load_on_one_device,
                                          save_json)
 from paramdecomp.core.target import Target, external
-from toy_models import registry, tms
+from paramdecomp.toy_models import registry, tms
 
 
 def default_config() -> ml_collections.ConfigDict:

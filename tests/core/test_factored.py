@@ -8,7 +8,7 @@ import pytest
 from paramdecomp.core import pytree
 from paramdecomp.core.factored import apply_factored, trace_matmuls
 from paramdecomp.core.lowrank import LowRank
-from toy_models import tms
+from paramdecomp.toy_models import tms
 
 
 def _lr(key, a, b, r=3, scaled=True):

@@ -8,7 +8,7 @@ import pytest
 
 from paramdecomp.core.metrics import mmcs_ml2r
 from paramdecomp.core.schedules import lr_schedule
-from toy_models import data
+from paramdecomp.toy_models import data
 
 
 def test_schedules_at_chosen_steps():

@@ -9,7 +9,7 @@ from paramdecomp.methods import apd
 from paramdecomp.core import lowrank, pytree, train
 from paramdecomp.core.config import ConfigError
 from paramdecomp.core.lowrank import Factors
-from toy_models import data, tms
+from paramdecomp.toy_models import data, tms
 
 
 def _cfg(**kw):

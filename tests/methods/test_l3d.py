@@ -14,7 +14,7 @@ from paramdecomp.methods import l3d
 from paramdecomp.core import sparsity, train
 from paramdecomp.methods import l3d_measures as ms
 from paramdecomp.core.config import ConfigError
-from toy_models import circuits, data, registry, squares, tms
+from paramdecomp.toy_models import circuits, data, registry, squares, tms
 from paramdecomp.runs import targets as training
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from paramdecomp.core import sequential
 from paramdecomp.core.config import ConfigError
-from toy_models import digits_mlp, modadd
+from paramdecomp.toy_models import digits_mlp, modadd
 from paramdecomp.runs import targets as training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

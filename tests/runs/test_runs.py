@@ -146,7 +146,7 @@ def test_apd_decomposes_the_configured_network_not_the_modules_default(tmp_path)
   from paramdecomp.configs import apd_tms
   from paramdecomp.core.lowrank import Factors
   from paramdecomp.methods import apd
-  from toy_models import registry, squares
+  from paramdecomp.toy_models import registry, squares
   t = training.default_config()
   t.model = squares.model_config(n_features=3, width=4, n_hidden_layers=1, activation="elu")
   t.data.update(dict(p=0.3, lo=-1.0, hi=1.0, batch_size=64))

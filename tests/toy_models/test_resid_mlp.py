@@ -9,7 +9,7 @@ import pytest
 from paramdecomp.methods import apd
 from paramdecomp.core import lowrank, pytree
 from paramdecomp.core.lowrank import Factors
-from toy_models import data, resid_mlp
+from paramdecomp.toy_models import data, resid_mlp
 from paramdecomp.runs import resid_mlp_apd
 
 

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toy_models import tms
+from paramdecomp.toy_models import tms
 from paramdecomp.runs import targets as training
 
 from paramdecomp.configs import tms as tms_configs
