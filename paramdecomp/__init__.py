@@ -8,6 +8,12 @@ config), `paramdecomp.methods` (APD, L3D, LIB), `paramdecomp.models` and `toy_mo
 __version__ = "0.1.0"
 
 from paramdecomp.methods import ablations, apd, degeneracy, l3d, l3d_measures, lib
-from paramdecomp.runs.analyse import load_run
 
 __all__ = ["ablations", "apd", "degeneracy", "l3d", "l3d_measures", "lib", "load_run"]
+
+
+def load_run(workdir: str, step: int | None = None):
+  """Reopen a run directory: `paramdecomp.runs.analyse.load_run` (imported on first use, so
+  `import paramdecomp` does not load the runs layer, its figures and the toys)."""
+  from paramdecomp.runs.analyse import load_run as load
+  return load(workdir, step)
