@@ -1,0 +1,61 @@
+"""The summary of an APD run: final losses and component use on a fresh batch, and the analyses
+of the target's kind (TMS: MMCS / ML2R and the arrow figure; ResidMLP: the paper's analyses,
+`resid_mlp_apd`)."""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+import jax
+import numpy as np
+
+from paramdecomp.core import lowrank
+from paramdecomp.core.metrics import mmcs_ml2r
+from paramdecomp.methods import apd
+from paramdecomp.runs import figures, resid_mlp_apd
+from toy_models import tms
+
+
+def tms_analysis(c, params, comps, tcfg, key, out_dir) -> dict:
+  """MMCS / ML2R of the components against W (§1.8) and, for 2-d hidden spaces, the arrows."""
+  del c, key
+  w = params["W"]
+  mats = lowrank.components(comps["W"])
+  mmcs, ml2r = mmcs_ml2r(w, mats)
+  out = dict(mmcs=float(mmcs), ml2r=float(ml2r),
+             represented_features=int(tms.represented_features(params).sum()),
+             n_features=int(tcfg.model.n_features))
+  if w.shape[0] == 2 and jax.process_index() == 0:
+    out["figure"] = figures.tms_arrows(
+        np.asarray(w), np.asarray(mats), os.path.join(out_dir, "tms_components.png"),
+        title=f"APD on TMS {w.shape[1]}-{w.shape[0]}: MMCS {mmcs:.3f}, ML2R {ml2r:.3f}")
+  return out
+
+
+def resid_mlp_analysis(c, params, comps, tcfg, key, out_dir) -> dict:
+  a = c.analysis
+  return resid_mlp_apd.analyse(params, comps, c.apd, tcfg, key, out_dir, a.n_samples,
+                               a.batch_size, a.cutoff)
+
+
+# the analyses of an APD run on a target of each kind
+ANALYSES = {"tms": tms_analysis, "resid_mlp": resid_mlp_analysis}
+
+
+def summarize(c, plan, target, tcfg, raw, comps, key, out_dir) -> dict:
+  """Final losses on a fresh batch, component use, and the kind's analyses."""
+  del raw
+  apply, params, mcfg = plan.apply, plan.params, plan.cfg
+  x = plan.batch_fn(jax.random.fold_in(key, 2))
+  total, metrics = jax.jit(lambda cp, p, x: apd.loss(cp, p, x, None, apply=apply, cfg=mcfg))(
+      comps, params, x)
+  out = {"loss": float(total), **{k: float(v) for k, v in metrics.items()}}
+  use = jax.jit(lambda cp, p, x: apd.component_use(apply, p, cp, x, mcfg))(comps, params, x)
+  out["component_use"] = [round(float(u), 5) for u in use]
+  out["unused_components"] = int((use == 0).sum())
+  if target.kind in ANALYSES:
+    out.update(ANALYSES[target.kind](c, params, comps, tcfg, jax.random.fold_in(key, 3),
+                                     out_dir))
+  logging.info("summary: %s", json.dumps(out))
+  return out
