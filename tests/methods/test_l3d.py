@@ -129,10 +129,11 @@ def test_tucker_matrix_block_has_rank_at_most_r():
 def test_init_copies_the_normalised_decoder_into_the_encoder():
   params = _tm1(jax.random.PRNGKey(0))
   st = l3d.init(jax.random.PRNGKey(1), params, _cfg(n_subnets=4, rank=2))
-  np.testing.assert_allclose(l3d.subnet_norms(st["dec"]), np.ones(4), rtol=1e-12)
-  for a, b in zip(jax.tree.leaves(st["enc"]), jax.tree.leaves(st["dec"])):
+  assert isinstance(st, l3d.State)
+  np.testing.assert_allclose(l3d.subnet_norms(st.dec), np.ones(4), rtol=1e-12)
+  for a, b in zip(jax.tree.leaves(st.enc), jax.tree.leaves(st.dec)):
     np.testing.assert_array_equal(a, b)
-  assert list(st["dec"]) == ["W_in", "W_out", "b"]
+  assert list(st.dec) == ["W_in", "W_out", "b"]
 
 
 # ------------------------------------------------------------------------------------------ top-k
@@ -209,8 +210,8 @@ def _squares_setup(dtype, batch=32, n_v=5, rank=2):
   cfg = _cfg(n_subnets=n_v, rank=rank, topk=0.1)
   st = l3d.init(jax.random.PRNGKey(2), params, cfg)
   # a trained-like encoder: different from the decoder
-  st["enc"] = jax.tree.map(lambda a, k: a + 0.3 * jax.random.normal(k, a.shape, dtype), st["enc"],
-                           _keys_like(st["enc"]))
+  st = st._replace(enc=jax.tree.map(lambda a, k: a + 0.3 * jax.random.normal(k, a.shape, dtype),
+                                    st.enc, _keys_like(st.enc)))
   return squares.apply, params, x, cfg, st
 
 
@@ -248,7 +249,7 @@ def test_paths_agree_for_kl_on_sequences_and_with_chunks():
   x = jax.random.randint(ks[0], (8, 5), 0, 4)
   cfg = _cfg(divergence="kl", sequence=True, n_subnets=3, rank=2, topk=0.3, chunk_size=4)
   st = l3d.init(ks[1], params, cfg)
-  st["enc"] = jax.tree.map(lambda a: 1.3 * a, st["enc"])
+  st = st._replace(enc=jax.tree.map(lambda a: 1.3 * a, st.enc))
   lf, mf = l3d.loss(st, params, x, ks[2], apply=apply, cfg=cfg, path="forward")
   le, me = l3d.loss(st, params, x, ks[2], apply=apply, cfg=cfg, path="explicit")
   np.testing.assert_allclose(lf, le, rtol=1e-10)
@@ -277,12 +278,12 @@ def test_loss_is_zero_at_the_exact_solution_and_one_without_decoder(path):
   apply, params, x = _parallel()
   cfg = _cfg(n_subnets=4, rank=1, topk=0.25)
   one_hot = l3d.Tucker(jnp.ones((4, 1)), (jnp.eye(4)[:, None, :],))
-  st = {"enc": {"w": one_hot}, "dec": {"w": one_hot}}
+  st = l3d.State({"w": one_hot}, {"w": one_hot})
   y0 = apply(params, x)
   y_ref = jnp.roll(y0, 3, axis=0)  # another sample's output
   val, _ = l3d.loss_from_outputs(st, params, x, y0, y_ref, apply=apply, cfg=cfg, path=path)
   assert abs(float(val)) < 1e-12
-  zero = {"enc": st["enc"], "dec": {"w": l3d.Tucker(jnp.zeros((4, 1)), one_hot.factors)}}
+  zero = st._replace(dec={"w": l3d.Tucker(jnp.zeros((4, 1)), one_hot.factors)})
   val, _ = l3d.loss_from_outputs(zero, params, x, y0, y_ref, apply=apply, cfg=cfg, path=path)
   np.testing.assert_allclose(val, 1.0, rtol=1e-9)
 
@@ -300,7 +301,7 @@ def test_training_recovers_the_parallel_blocks():
   for k in range(3):  # whatever the references
     val = l3d.loss(state.params, params, x, jax.random.PRNGKey(k), apply=apply, cfg=cfg)[0]
     assert float(val) < 1e-3
-  v = np.abs(np.asarray(l3d.flat(l3d.blocks(state.params["dec"]))))  # [K, 4], unit rows
+  v = np.abs(np.asarray(l3d.flat(l3d.blocks(state.params.dec))))  # [K, 4], unit rows
   assert np.mean(v.max(axis=0)) > 0.99
 
 
@@ -308,22 +309,23 @@ def test_training_recovers_the_parallel_blocks():
 
 def test_decoder_normalisation_variants():
   params = {"a": jnp.ones((3, 4)), "b": jnp.ones(3), "c": jnp.ones((2, 2, 2))}
-  st = l3d.init(jax.random.PRNGKey(0), params, _cfg(n_subnets=3, rank=2))["dec"]
+  st = l3d.init(jax.random.PRNGKey(0), params, _cfg(n_subnets=3, rank=2)).dec
   big = jax.tree.map(lambda a: 3.0 * a, st)
   for kind in ("l2", "reference"):
     # every tensor block of v_k divided by v_k's norm (the reference norm is not homogeneous of
     # degree 1, so its result does not have reference norm 1: the code does the same)
-    nz = l3d.normalize(big, kind)
+    nz = l3d.normalize_subnets(big, kind)
     norms = l3d.subnet_norms(big, kind)
     for p in params:
       np.testing.assert_allclose(l3d.blocks_of(nz[p]),
                                  l3d.blocks_of(big[p]) / norms.reshape(3, *[1] * params[p].ndim),
                                  rtol=1e-9)
-  np.testing.assert_allclose(l3d.subnet_norms(l3d.normalize(big, "l2")), np.ones(3), rtol=1e-10)
+  np.testing.assert_allclose(l3d.subnet_norms(l3d.normalize_subnets(big, "l2")), np.ones(3),
+                             rtol=1e-10)
   per = [jnp.linalg.norm(l3d.blocks_of(st[p]).reshape(3, -1), axis=1) for p in params]
   np.testing.assert_allclose(l3d.subnet_norms(st, "reference"), jnp.sqrt(sum(per)), rtol=1e-12)
   # spread equally: every piece of a tensor's Tucker form is scaled by the same factor
-  nz = l3d.normalize(big, "l2")
+  nz = l3d.normalize_subnets(big, "l2")
   s = l3d.subnet_norms(big, "l2") ** (-1 / 3)
   np.testing.assert_allclose(nz["a"].core, big["a"].core * s[:, None, None], rtol=1e-9)
 
@@ -335,8 +337,8 @@ def test_update_normalises_the_decoder_but_not_the_encoder():
   state = train.init_state(l3d.init(jax.random.PRNGKey(0), params, cfg), opt,
                            jax.random.PRNGKey(1))
   state, _ = jax.jit(l3d.make_update(apply, cfg, lambda k: x, opt))(state, params)
-  np.testing.assert_allclose(l3d.subnet_norms(state.params["dec"]), np.ones(4), rtol=1e-6)
-  assert np.max(np.abs(np.asarray(l3d.subnet_norms(state.params["enc"])) - 1)) > 1e-3
+  np.testing.assert_allclose(l3d.subnet_norms(state.params.dec), np.ones(4), rtol=1e-6)
+  assert np.max(np.abs(np.asarray(l3d.subnet_norms(state.params.enc)) - 1)) > 1e-3
 
 
 # ---------------------------------------------------------------------------------- measurements
@@ -344,12 +346,12 @@ def test_update_normalises_the_decoder_but_not_the_encoder():
 def test_impact_is_the_mean_absolute_coefficient_over_references():
   apply, params, x, cfg, st = _squares_setup(jnp.float64, batch=6)
   key = jax.random.PRNGKey(5)
-  got = ms.impact(apply, params, st["enc"], x, key, cfg, n_refs=3)
+  got = ms.impact(apply, params, st.enc, x, key, cfg, n_refs=3)
   y0 = apply(params, x)
   want = 0
   for k in jax.random.split(key, 3):
     y_ref = l3d.references(k, y0, cfg.reference)
-    want = want + jnp.abs(l3d.coefficients(apply, params, st["enc"], x, y0, y_ref, cfg,
+    want = want + jnp.abs(l3d.coefficients(apply, params, st.enc, x, y0, y_ref, cfg,
                                            path="explicit")) / 3
   np.testing.assert_allclose(got, want, rtol=1e-9)
   top = ms.top_samples(got, 2)
@@ -359,7 +361,7 @@ def test_impact_is_the_mean_absolute_coefficient_over_references():
 def test_interventions_on_a_linear_model_are_linear():
   w = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
   params = {"W": w}
-  dec = l3d.init(jax.random.PRNGKey(1), params, _cfg(n_subnets=2, rank=2))["dec"]
+  dec = l3d.init(jax.random.PRNGKey(1), params, _cfg(n_subnets=2, rank=2)).dec
   v = l3d.blocks(dec)["W"]
   x = jax.random.normal(jax.random.PRNGKey(2), (5, 4))
   deltas = jnp.array([-1.0, 0.5, 2.0])
@@ -377,7 +379,7 @@ def test_interventions_on_a_linear_model_are_linear():
 
 def test_hidden_only_perturbation_leaves_other_tensors_and_specificity():
   params = _tm1(jax.random.PRNGKey(0))
-  dec = l3d.init(jax.random.PRNGKey(1), params, _cfg(n_subnets=2))["dec"]
+  dec = l3d.init(jax.random.PRNGKey(1), params, _cfg(n_subnets=2)).dec
   x = jax.random.uniform(jax.random.PRNGKey(2), (4, 5))
   only_b = ms.perturb(tms.apply_untied, params, dec, x, jnp.array([1.0]), paths=["b"])
   vb = l3d.blocks(dec)["b"]
@@ -437,7 +439,7 @@ def test_bad_config_and_shapes_fail_clearly():
   with pytest.raises(ValueError, match="block shape"):
     l3d.loss(st, wrong, x, jax.random.PRNGKey(0), apply=tms.apply_untied, cfg=_cfg())
   with pytest.raises(ValueError, match="decompose different tensors"):
-    l3d.check_subnets(params, {"enc": {"b": st["enc"]["b"]}, "dec": st["dec"]})
+    l3d.check_subnets(params, st._replace(enc={"b": st.enc["b"]}))
   with pytest.raises(ValueError, match="floor"):  # 0.1 of 1 x 5 coefficients keeps none
     l3d.loss(st, params, x[:1], jax.random.PRNGKey(0), apply=tms.apply_untied, cfg=_cfg())
 
@@ -528,7 +530,7 @@ def test_reconstruction_bound_is_the_loss_of_the_best_unconstrained_subnetworks(
   v = jnp.linalg.svd(g, full_matrices=False)[2][:3]                # [3, n_w] in path order w, b
   tucker = lambda m: l3d.Tucker(jnp.ones((3, 1)), (m[:, None, :],))
   best = {"w": tucker(v[:, :4]), "b": tucker(v[:, 4:])}
-  val, _ = l3d.loss_from_outputs({"enc": best, "dec": best}, params, x, y0, y_ref, apply=apply,
+  val, _ = l3d.loss_from_outputs(l3d.State(best, best), params, x, y0, y_ref, apply=apply,
                                  cfg=cfg, path="explicit")
   np.testing.assert_allclose(val, b3, rtol=1e-6)
   rnd = l3d.init(jax.random.PRNGKey(2), params, cfg)

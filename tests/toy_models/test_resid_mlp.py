@@ -75,7 +75,7 @@ def test_diag_relu_contribution_is_the_components_own_output(n_layers):
   p = _tiny(jax.random.PRNGKey(0), n_layers)
   comps = apd.init(jax.random.PRNGKey(1), p, _apd_cfg())
   diag = resid_mlp_apd.diag_relu_contributions(p, comps)            # [C, n]
-  mats = {q: lowrank.components(f) for q, f in comps.items()}
+  mats = {q: lowrank.components(f) for q, f in comps.factors.items()}
   for c in range(4):
     for i in range(8):
       want = 0.0
@@ -88,8 +88,8 @@ def test_diag_relu_contribution_is_the_components_own_output(n_layers):
 
 def test_one_component_equal_to_the_target_has_its_neuron_contributions():
   p = _tiny(jax.random.PRNGKey(2))
-  comps = {q: Factors(w[None], jnp.eye(w.shape[1])[None])
-           for q, w in pytree.get(p, ["layers/0/W_in", "layers/0/W_out"]).items()}
+  comps = apd.State({q: Factors(w[None], jnp.eye(w.shape[1])[None])
+                     for q, w in pytree.get(p, ["layers/0/W_in", "layers/0/W_out"]).items()})
   for i in range(8):
     np.testing.assert_allclose(resid_mlp_apd.component_contributions(p, comps, i)[0],
                                resid_mlp.neuron_contributions(p, i), rtol=1e-12)
