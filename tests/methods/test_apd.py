@@ -7,6 +7,7 @@ import pytest
 
 from paramdecomp.methods import apd
 from paramdecomp.core import lowrank, pytree, train
+from paramdecomp.core.checkpoint import Checkpointer
 from paramdecomp.core.config import ConfigError
 from paramdecomp.core.lowrank import Factors
 from toy_models import data, tms
@@ -193,6 +194,10 @@ def test_clear_errors():
     apd.validate(_cfg(topkk=0.2))
   with pytest.raises(ConfigError, match="attribution"):
     apd.validate(_cfg(attribution="gradients"))
+  with pytest.raises(ConfigError, match="'topkk'"):   # init and make_update check cfg too
+    apd.init(jax.random.PRNGKey(0), params, _cfg(topkk=0.2))
+  with pytest.raises(ConfigError, match="'topkk'"):
+    apd.make_update(tms.apply, _cfg(topkk=0.2), lambda k: None, optax.adam(1e-3))
 
 
 def test_unit_norm_option_normalises_and_projects():
@@ -314,3 +319,25 @@ def test_exact_topk_and_distil_from_target_masks():
   np.testing.assert_array_equal(d[:, :-1], apd.mask_from(scores[:, :-1], _cfg(C=4, topk=1.0)))
   with pytest.raises(ValueError, match="pass x"):
     apd.mask_from(scores, _cfg(C=5, exact_topk=True))
+
+
+def test_state_round_trips_through_a_checkpoint(tmp_path):
+  """Orbax restores into the structure it is given: the trained State (and the Adam moments,
+  States too) come back as `apd.State`, value for value."""
+  params = _pentagon()
+  opt = optax.adam(1e-2)
+  state = train.init_state(apd.init(jax.random.PRNGKey(0), params, _cfg()), opt,
+                           jax.random.PRNGKey(1))
+  x = data.sparse_features(jax.random.PRNGKey(2), 32, 5, 0.3, dtype=jnp.float64)
+  state, _ = apd.make_update(tms.apply, _cfg(), lambda k: x, opt)(state, params)
+  ck = Checkpointer(str(tmp_path))
+  ck.save(1, state)
+  ck.wait()
+  like = train.init_state(apd.init(jax.random.PRNGKey(5), params, _cfg()), opt,
+                          jax.random.PRNGKey(1))
+  back = ck.restore(like, 1)
+  ck.close()
+  assert isinstance(back.params, apd.State) and isinstance(back.opt_state[0].mu, apd.State)
+  assert jax.tree.structure(back) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(a, b)
