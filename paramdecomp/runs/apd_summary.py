@@ -10,7 +10,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from paramdecomp.core import lowrank
+from paramdecomp.core import lowrank, sharding
 from paramdecomp.core.metrics import mmcs_ml2r
 from paramdecomp.methods import apd
 from paramdecomp.runs import figures, resid_mlp_apd
@@ -47,6 +47,9 @@ def summarize(c, plan, target, tcfg, raw, state: apd.State, key, out_dir) -> dic
   """Final losses on a fresh batch, component use, and the kind's analyses (`state`: the trained
   `apd.State`)."""
   del raw
+  # whole on the host, as the target's params are: a state gathered on a mesh does not mix with
+  # them in one jitted call
+  state = sharding.to_host(state)
   apply, params, mcfg = plan.apply, plan.params, plan.cfg
   x = plan.batch_fn(jax.random.fold_in(key, 2))
   total, metrics = jax.jit(lambda cp, p, x: apd.loss(cp, p, x, None, apply=apply, cfg=mcfg))(
