@@ -3,10 +3,24 @@
 The decomposed weights are the leaves of the target's params pytree matched by `cfg.decompose`
 (regular expressions over '/'-joined paths). Each gets C rank-m components P_c = U_c V_c^T. Nothing
 here knows the architecture: every forward pass is ``apply(params', x)`` with some leaves replaced.
+
+The method surface (the same for every method):
+
+    default_config()                         the hyperparameters
+    validate(cfg)                            raises ConfigError on a bad cfg
+    init(key, params, cfg) -> State          validates cfg; the components, normalised
+    loss(state, params, x, key, *, apply, cfg) -> (value, metrics)
+    make_update(apply, cfg, batch_fn, optimizer)
+                                             the one training step ``(TrainState, frozen) ->
+                                             (TrainState, metrics)``, with the unit-norm
+                                             projection and normalisation when cfg asks for them
+    normalize(state, cfg) -> State           the unit-norm option (§1.6)
+
+`State` holds ``factors: {path: Factors}``, each leading with the C axis (`COMPONENT_TYPES`).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import chex
 import jax
@@ -19,7 +33,15 @@ from paramdecomp.core.factored import trace_matmuls
 from paramdecomp.core.grads import directional_derivatives
 from paramdecomp.core.lowrank import Factors
 
-Components = dict[str, Factors]
+
+
+class State(NamedTuple):
+  """APD's trainable state: ``factors[path]`` the C components of the decomposed weight at path
+  (U [C, a, m], V [C, b, m]), in the order of the target's params."""
+  factors: dict[str, Factors]
+
+
+FactorMap = dict[str, Factors]   # a State's factors, as the helpers below take them
 COMPONENT_TYPES = (Factors,)  # what `sharding.shard_state` splits over the components axis
 ATTRIBUTIONS = ("gradient", "ablation", "activation")
 ATTRIBUTION_MODELS = ("target", "apd")
@@ -81,8 +103,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                  "the lp formulation has no sparse forward pass to match activations on")
 
 
-def init(key, params, cfg) -> Components:
-  """Factors for every decomposed weight of `params` (2-d leaves matched by cfg.decompose)."""
+def init(key, params, cfg) -> State:
+  """Factors for every decomposed weight of `params` (2-d leaves matched by cfg.decompose), after
+  checking cfg."""
+  validate(cfg)
   paths = pytree.select(params, cfg.decompose)
   out = {}
   for i, (path, w) in enumerate(pytree.get(params, paths).items()):
@@ -91,32 +115,37 @@ def init(key, params, cfg) -> Components:
     rank = cfg.m or min(w.shape)
     out[path] = lowrank.init_factors(jax.random.fold_in(key, i), w.shape, cfg.C, rank,
                                      cfg.init, cfg.init_scale, w.dtype)
-  return normalize(out, cfg)
+  return normalize(State(out), cfg)
 
 
-def normalize(comps: Components, cfg) -> Components:
+def normalize(state: State, cfg) -> State:
   """The unit-norm option (§1.6): V columns at unit norm (identity when it is off)."""
   if not cfg.unit_norm_matrices:
-    return comps
-  return {p: lowrank.unit_norm_v(f) for p, f in comps.items()}
+    return state
+  return State({p: lowrank.unit_norm_v(f) for p, f in state.factors.items()})
 
 
-def project_grads(grads: Components, comps: Components, cfg) -> Components:
+def project_grads(grads: State, state: State, cfg) -> State:
   """The unit-norm option's gradient projection: no V-gradient along its own (unit) column."""
   if not cfg.unit_norm_matrices:
     return grads
-  return {p: lowrank.project_out_v(grads[p], comps[p]) for p in comps}
+  return State({p: lowrank.project_out_v(grads.factors[p], f) for p, f in state.factors.items()})
 
 
 def make_update(apply: Callable, cfg, batch_fn: Callable, optimizer):
-  """One APD optimisation step ``(TrainState, target_params) -> (TrainState, metrics)``."""
-  return train.make_update(make_loss(apply, cfg, batch_fn), optimizer,
-                           grad_transform=lambda g, c: project_grads(g, c, cfg),
-                           post_update=lambda c: normalize(c, cfg))
+  """The APD optimisation step ``(TrainState, frozen) -> (TrainState, metrics)`` (not jitted):
+  `loss` on ``x = batch_fn(key)`` (``batch_fn(key, data)`` for a `train.Frozen` with data), the
+  unit-norm gradient projection, the optimiser, then `normalize`. Checks cfg."""
+  validate(cfg)
+  loss_fn = train.loss_on_batches(loss, batch_fn, apply=apply, cfg=cfg)
+  return train.make_update(loss_fn, optimizer,
+                           grad_transform=lambda g, s: project_grads(g, s, cfg),
+                           post_update=lambda s: normalize(s, cfg))
 
 
-def check_components(params, comps: Components) -> None:
+def check_components(params, state: State) -> None:
   """Raise a clear error when components do not fit the params they decompose."""
+  comps = state.factors
   ws = pytree.get(params, list(comps))
   cs = {f.U.shape[0] for f in comps.values()}
   if len(cs) != 1:
@@ -127,21 +156,22 @@ def check_components(params, comps: Components) -> None:
       raise ValueError(f"components of {path!r} have shape {want}, the weight {ws[path].shape}")
 
 
-def n_decomposed(params, comps: Components) -> int:
-  return sum(w.size for w in pytree.get(params, list(comps)).values())
+def n_decomposed(params, state: State) -> int:
+  """Number of entries of the decomposed weights."""
+  return sum(w.size for w in pytree.get(params, list(state.factors)).values())
 
 
 def _with(params, weights: dict):
   return pytree.replace(params, weights)
 
 
-def _all_components(comps: Components) -> dict:
+def _all_components(comps: FactorMap) -> dict:
   """{path: sum of all components} kept factored (the APD model's weights)."""
   return {p: lowrank.masked_lowrank(f, jnp.ones(f.U.shape[0], f.U.dtype))
           for p, f in comps.items()}
 
 
-def _mean_sq_gradient_attribution(apply, params, comps: Components, x, cfg) -> jax.Array:
+def _mean_sq_gradient_attribution(apply, params, comps: FactorMap, x, cfg) -> jax.Array:
   """[B, C] mean over outputs o of <grad_W f_o(x), P_c>^2, differentiable in the components.
 
   The efficient form of §1.3: <grad_W f_o, P_c> = (d f_o / d p)^T (P_c a) for each product
@@ -160,10 +190,9 @@ def _mean_sq_gradient_attribution(apply, params, comps: Components, x, cfg) -> j
   return jnp.mean(dots.reshape(dots.shape[:2] + (-1,)) ** 2, axis=-1).T
 
 
-def attributions(apply: Callable, params, comps: Components, x: jax.Array,
-                 cfg) -> jax.Array:
+def attributions(apply: Callable, params, state: State, x: jax.Array, cfg) -> jax.Array:
   """[B, C] attributions of each component on each sample (§1.3), without gradient."""
-  comps = jax.lax.stop_gradient(comps)
+  comps = jax.lax.stop_gradient(state.factors)
   if cfg.attribution == "gradient":
     return jnp.sqrt(_mean_sq_gradient_attribution(apply, params, comps, x, cfg))
   if cfg.attribution == "activation":
@@ -177,7 +206,7 @@ def attributions(apply: Callable, params, comps: Components, x: jax.Array,
   return jnp.mean(diff**2, axis=-1).T
 
 
-def _activation_attribution(apply, params, comps: Components, x) -> jax.Array:
+def _activation_attribution(apply, params, comps: FactorMap, x) -> jax.Array:
   """[B, C] sum over decomposed products of |P_c a|^2, a = the layer's input in the APD model's
   all-components forward pass (§1.3, variant 3). Activations must keep the batch axis first."""
   _, uses = trace_matmuls(apply, params, _all_components(comps), x, list(comps))
@@ -192,7 +221,7 @@ def _activation_attribution(apply, params, comps: Components, x) -> jax.Array:
   return total
 
 
-def _forward(apply, params, x, watch=(), comps: Components | None = None, mask=None):
+def _forward(apply, params, x, watch=(), comps: FactorMap | None = None, mask=None):
   """Per-sample forward passes, with sample b's decomposed weights sum_c mask[b, c] P_c when
   `comps` is given (the target's otherwise): (outputs [B, ...], {path: [output of each product
   of that weight, [B, ...]]} for the paths in `watch`).
@@ -212,13 +241,13 @@ def _forward(apply, params, x, watch=(), comps: Components | None = None, mask=N
   return jax.vmap(one)(mask, x)
 
 
-def masked_apply(apply: Callable, params, comps: Components, mask: jax.Array,
+def masked_apply(apply: Callable, params, state: State, mask: jax.Array,
                  x: jax.Array) -> jax.Array:
   """[B, ...] output with each sample's decomposed weights set to sum_c mask[b, c] P_c."""
-  return _forward(apply, params, x, (), comps, mask)[0]
+  return _forward(apply, params, x, (), state.factors, mask)[0]
 
 
-def act_recon_paths(comps: Components, cfg) -> tuple[str, ...]:
+def act_recon_paths(comps: FactorMap, cfg) -> tuple[str, ...]:
   """Decomposed weights whose outputs the hidden-activation reconstruction loss matches."""
   if not cfg.act_recon_layers:
     return tuple(comps)
@@ -254,17 +283,18 @@ def _without_distil(cfg):
   return c
 
 
-def component_use(apply: Callable, params, comps: Components, x: jax.Array, cfg) -> jax.Array:
+def component_use(apply: Callable, params, state: State, x: jax.Array, cfg) -> jax.Array:
   """[C] fraction of the samples of x on which each component is selected."""
-  return jnp.mean(mask_from(attributions(apply, params, comps, x, cfg), cfg, x), axis=0)
+  return jnp.mean(mask_from(attributions(apply, params, state, x, cfg), cfg, x), axis=0)
 
 
-def loss(comps: Components, params, x: jax.Array, key, *, apply: Callable, cfg):
-  """(total loss, metrics) on batch x (§1.5): the top-k formulation, or with
+def loss(state: State, params, x: jax.Array, key, *, apply: Callable, cfg):
+  """(total loss, metrics) on batch x [B, ...] (§1.5): the top-k formulation, or with
   ``cfg.formulation == 'lp'`` the L_p attribution-sparsity one. `key` is unused."""
   del key  # APD's loss is deterministic given the batch
-  check_components(params, comps)  # shapes only: costs nothing at run time
-  n = n_decomposed(params, comps)
+  check_components(params, state)  # shapes only: costs nothing at run time
+  comps = state.factors
+  n = n_decomposed(params, state)
   target = pytree.get(params, list(comps))
   faith = sum(jnp.sum((target[p] - lowrank.total(f)) ** 2) for p, f in comps.items()) / n
   per_comp = sum(lowrank.schatten(f, cfg.schatten_p) for f in comps.values())  # [C]
@@ -284,7 +314,7 @@ def loss(comps: Components, params, x: jax.Array, key, *, apply: Callable, cfg):
     y_star, target_outs = jax.lax.stop_gradient(_forward(apply, params, x, watch))
   else:
     y_star = jax.lax.stop_gradient(apply(params, x))
-  mask = mask_from(attributions(apply, params, comps, x, cfg), cfg, x)
+  mask = mask_from(attributions(apply, params, state, x, cfg), cfg, x)
   y_s, outs = _forward(apply, params, x, watch, comps, mask)
   metrics = {}
   if watch:
@@ -299,8 +329,3 @@ def loss(comps: Components, params, x: jax.Array, key, *, apply: Callable, cfg):
   return total, {"faithfulness": faith, "minimality": minimality, "simplicity": simplicity,
                  **metrics, "active": jnp.mean(jnp.sum(mask, axis=1))}
 
-
-def make_loss(apply: Callable, cfg, batch_fn: Callable[[jax.Array], jax.Array]):
-  """loss_fn(components, target_params, key) for `paramdecomp.core.train`, drawing x = batch_fn(key)."""
-  validate(cfg)
-  return train.loss_on_batches(loss, batch_fn, apply=apply, cfg=cfg)

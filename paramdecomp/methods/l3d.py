@@ -8,7 +8,23 @@ stored per tensor in Tucker form. Two paths give the same coefficients and loss:
 (per-sample gradients, chunked `vmap(grad)`) and `forward` (`jvp`s along the 2 n_v directions
 plus per-sample gradient norms, never holding a batch x parameters array).
 
-Trainable state: ``{'enc': {path: Tucker}, 'dec': {path: Tucker}}``.
+The method surface (the same for every method):
+
+    default_config()                         the hyperparameters
+    validate(cfg)                            raises ConfigError on a bad cfg
+    init(key, params, cfg) -> State          validates cfg; decoder normalised, encoder = decoder
+    loss(state, params, x, key, *, apply, cfg) -> (value, metrics)
+    make_update(apply, cfg, batch_fn, optimizer)
+                                             the one training step ``(TrainState, frozen) ->
+                                             (TrainState, metrics)``, decoder normalisation
+                                             included; with a fixed data set the frozen argument
+                                             is ``train.Frozen(params, data)`` and batch_fn is
+                                             ``(key, data) -> x``. A warm start (another top-k) is
+                                             another cfg given to make_update for its steps.
+    normalize(state, cfg) -> State           the decoder at unit norm (cfg.decoder_norm)
+
+`State` holds ``enc`` and ``dec``, each ``{path: Tucker}`` leading with the n_v axis
+(`COMPONENT_TYPES`).
 """
 from __future__ import annotations
 
@@ -47,6 +63,14 @@ class Tucker(NamedTuple):
 
 
 COMPONENT_TYPES = (Tucker,)  # what `sharding.shard_state` splits over the components axis
+Subnets = dict[str, Tucker]  # one map: {path: the n_v Tucker blocks of that tensor}
+
+
+class State(NamedTuple):
+  """L3D's trainable state: the encoder map V_in (gives the coefficients) and the decoder map
+  (its rows v_k are the subnetworks), over the same tensors in the same order."""
+  enc: Subnets
+  dec: Subnets
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -132,7 +156,7 @@ def subnet_norms(subnets: dict[str, Tucker], kind: str = "l2") -> jax.Array:
   raise ValueError(f"unknown decoder norm {kind!r}; use one of {DECODER_NORMS}")
 
 
-def normalize(subnets: dict[str, Tucker], kind: str = "l2", eps: float = 1e-12):
+def normalize_subnets(subnets: Subnets, kind: str = "l2", eps: float = 1e-12) -> Subnets:
   """Each subnetwork divided by its norm, the factor spread equally over core and factors."""
   n = jnp.maximum(subnet_norms(subnets, kind), eps)
 
@@ -144,28 +168,31 @@ def normalize(subnets: dict[str, Tucker], kind: str = "l2", eps: float = 1e-12):
   return {p: scale(t) for p, t in subnets.items()}
 
 
-def init(key, params, cfg) -> dict:
-  """{'enc', 'dec'} Tucker maps for the tensors of `params` matched by cfg.decompose: the decoder
-  normalised, the encoder an exact copy of it (§3.2)."""
+def normalize(state: State, cfg) -> State:
+  """The decoder's subnetworks at unit `cfg.decoder_norm` (the encoder is never normalised)."""
+  return State(state.enc, normalize_subnets(state.dec, cfg.decoder_norm))
+
+
+def init(key, params, cfg) -> State:
+  """Tucker maps for the tensors of `params` matched by cfg.decompose, after checking cfg: the
+  decoder normalised, the encoder an exact copy of it (§3.2)."""
   validate(cfg)
   ws = pytree.get(params, pytree.select(params, cfg.decompose))
   dec = {p: init_tucker(jax.random.fold_in(key, i), w.shape, cfg.n_subnets, cfg.rank, w.dtype)
          for i, (p, w) in enumerate(ws.items())}
-  dec = normalize(dec, cfg.decoder_norm)
-  return {"enc": jax.tree.map(jnp.copy, dec), "dec": dec}  # own buffers: states are donated
+  dec = normalize_subnets(dec, cfg.decoder_norm)
+  return State(jax.tree.map(jnp.copy, dec), dec)  # own buffers: states are donated
 
 
-def check_subnets(params, state: dict) -> None:
+def check_subnets(params, state: State) -> None:
   """Raise a clear error when the maps do not fit the tensors they decompose."""
-  if set(state) != {"enc", "dec"}:
-    raise ValueError(f"L3D state needs keys 'enc' and 'dec', got {sorted(state)}")
-  if list(state["enc"]) != list(state["dec"]):
+  if list(state.enc) != list(state.dec):
     raise ValueError("encoder and decoder decompose different tensors: "
-                     f"{list(state['enc'])} vs {list(state['dec'])}")
-  ws = pytree.get(params, list(state["dec"]))
+                     f"{list(state.enc)} vs {list(state.dec)}")
+  ws = pytree.get(params, list(state.dec))
   nv = set()
-  for side in ("enc", "dec"):
-    for p, t in state[side].items():
+  for side, subnets in zip(State._fields, state):
+    for p, t in subnets.items():
       shape = tuple(u.shape[-1] for u in t.factors)
       if shape != ws[p].shape:
         raise ValueError(f"{side} map of {p!r} has block shape {shape}, the tensor {ws[p].shape}")
@@ -276,7 +303,7 @@ def coefficients(apply, params, enc: dict[str, Tucker], x, y0, y_ref, cfg,
   return g @ flat(blocks(enc)).T
 
 
-def loss_from_outputs(state: dict, params, x, y0, y_ref, *, apply: Callable, cfg,
+def loss_from_outputs(state: State, params, x, y0, y_ref, *, apply: Callable, cfg,
                       path: str | None = None):
   """(normalised reconstruction loss, metrics) for given target outputs and references.
 
@@ -284,10 +311,10 @@ def loss_from_outputs(state: dict, params, x, y0, y_ref, *, apply: Callable, cfg
   'forward'; default: `choose_path`). metrics['mask'] is the [B, n_v] top-k mask; 'err' and
   'total' the loss's numerator and denominator (to pool over several batches).
   """
-  paths = list(state["dec"])
+  paths = list(state.dec)
   n_w = sum(w.size for w in pytree.get(params, paths).values())
   path = path or choose_path(cfg, x.shape[0], n_w)
-  enc_b, dec_b = blocks(state["enc"]), blocks(state["dec"])
+  enc_b, dec_b = blocks(state.enc), blocks(state.dec)
   v_out = flat(dec_b)                                           # [K, n_w]
   if path == "explicit":
     g = flat_batch(gradients(apply, params, x, y0, y_ref, paths, cfg))  # [B, n_w]
@@ -314,7 +341,7 @@ def loss_from_outputs(state: dict, params, x, y0, y_ref, *, apply: Callable, cfg
                 "err": err, "total": total}
 
 
-def batch_loss(state: dict, params, x: jax.Array, key, *, apply: Callable, cfg,
+def batch_loss(state: State, params, x: jax.Array, key, *, apply: Callable, cfg,
                path: str | None = None):
   """`loss_from_outputs` on batch x: the target's outputs, references drawn with `key`."""
   check_subnets(params, state)
@@ -323,29 +350,26 @@ def batch_loss(state: dict, params, x: jax.Array, key, *, apply: Callable, cfg,
   return loss_from_outputs(state, params, x, y0, y_ref, apply=apply, cfg=cfg, path=path)
 
 
-def loss(state: dict, params, x: jax.Array, key, *, apply: Callable, cfg, path: str | None = None):
-  """(loss, metrics) on batch x (`batch_loss`); metrics 'active' (mean kept coefficients per
-  sample) and 'p_act' ([n_v] share of samples kept)."""
+def loss(state: State, params, x: jax.Array, key, *, apply: Callable, cfg,
+         path: str | None = None):
+  """(loss, metrics) on batch x [B, ...] (`batch_loss`); metrics 'active' (mean kept
+  coefficients per sample) and 'p_act' ([n_v] share of samples kept)."""
   value, m = batch_loss(state, params, x, key, apply=apply, cfg=cfg, path=path)
   # p_act [n_v]: the batch's share of samples on which each subnetwork survives top-k; its mean
   # over an epoch's steps is that epoch's P_act (§3.3)
   return value, {"active": m["active"], "p_act": jnp.mean(m["mask"], axis=0)}
 
 
-def make_loss(apply: Callable, cfg, batch_fn: Callable[[jax.Array], jax.Array]):
-  """loss_fn(state, target_params, key) for `paramdecomp.core.train`, drawing x = batch_fn(key)."""
-  validate(cfg)
-  return train.loss_on_batches(loss, batch_fn, apply=apply, cfg=cfg)
-
-
 def make_update(apply: Callable, cfg, batch_fn: Callable, optimizer):
-  """One L3D step ``(TrainState, target_params) -> (TrainState, metrics)``: Adam on both maps,
-  then the decoder normalised (the encoder never is)."""
-  post = lambda s: {"enc": s["enc"], "dec": normalize(s["dec"], cfg.decoder_norm)}
-  return train.make_update(make_loss(apply, cfg, batch_fn), optimizer, post_update=post)
+  """The L3D step ``(TrainState, frozen) -> (TrainState, metrics)`` (not jitted): `loss` on
+  ``x = batch_fn(key)``, or ``batch_fn(key, data)`` when frozen is a ``train.Frozen(params,
+  data)`` (the fixed data set), the optimiser on both maps, then `normalize`. Checks cfg."""
+  validate(cfg)
+  loss_fn = train.loss_on_batches(loss, batch_fn, apply=apply, cfg=cfg)
+  return train.make_update(loss_fn, optimizer, post_update=lambda s: normalize(s, cfg))
 
 
-def p_act(apply, params, state: dict, xs: jax.Array, key, cfg, batch_size: int) -> jax.Array:
+def p_act(apply, params, state: State, xs: jax.Array, key, cfg, batch_size: int) -> jax.Array:
   """[n_v] P_act: fraction of the samples of xs [N, ...] (in batches of `batch_size`, as in
   training; a remainder is dropped) on which each subnetwork survives top-k. 0 = dead."""
   nb = xs.shape[0] // batch_size

@@ -1,9 +1,9 @@
 """Measurements and interventions along L3D subnetworks (docs/methods/l3d.md §3.6).
 
-`dec` is the decoder map of an L3D state ({path: Tucker}); its rows v_k are the subnetworks.
-Interventions evaluate the target at W0 + delta v_k with the decomposed tensors replaced; `paths`
-restricts a perturbation to some tensors (e.g. only the hidden layers, to rule out bias-only
-solutions). Signs of v_k are arbitrary: look at both signs of delta.
+`dec` is the decoder map of an L3D state (`l3d.State.dec`, {path: Tucker}); its rows v_k are the
+subnetworks. Interventions evaluate the target at W0 + delta v_k with the decomposed tensors
+replaced; `paths` restricts a perturbation to some tensors (e.g. only the hidden layers, to rule
+out bias-only solutions). Signs of v_k are arbitrary: look at both signs of delta.
 """
 from __future__ import annotations
 

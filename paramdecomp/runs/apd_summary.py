@@ -17,11 +17,11 @@ from paramdecomp.runs import figures, resid_mlp_apd
 from paramdecomp.toy_models import tms
 
 
-def tms_analysis(c, params, comps, tcfg, key, out_dir) -> dict:
+def tms_analysis(c, params, state: apd.State, tcfg, key, out_dir) -> dict:
   """MMCS / ML2R of the components against W (§1.8) and, for 2-d hidden spaces, the arrows."""
   del c, key
   w = params["W"]
-  mats = lowrank.components(comps["W"])
+  mats = lowrank.components(state.factors["W"])
   mmcs, ml2r = mmcs_ml2r(w, mats)
   out = dict(mmcs=float(mmcs), ml2r=float(ml2r),
              represented_features=int(tms.represented_features(params).sum()),
@@ -33,9 +33,9 @@ def tms_analysis(c, params, comps, tcfg, key, out_dir) -> dict:
   return out
 
 
-def resid_mlp_analysis(c, params, comps, tcfg, key, out_dir) -> dict:
+def resid_mlp_analysis(c, params, state: apd.State, tcfg, key, out_dir) -> dict:
   a = c.analysis
-  return resid_mlp_apd.analyse(params, comps, c.apd, tcfg, key, out_dir, a.n_samples,
+  return resid_mlp_apd.analyse(params, state, c.apd, tcfg, key, out_dir, a.n_samples,
                                a.batch_size, a.cutoff)
 
 
@@ -43,19 +43,20 @@ def resid_mlp_analysis(c, params, comps, tcfg, key, out_dir) -> dict:
 ANALYSES = {"tms": tms_analysis, "resid_mlp": resid_mlp_analysis}
 
 
-def summarize(c, plan, target, tcfg, raw, comps, key, out_dir) -> dict:
-  """Final losses on a fresh batch, component use, and the kind's analyses."""
+def summarize(c, plan, target, tcfg, raw, state: apd.State, key, out_dir) -> dict:
+  """Final losses on a fresh batch, component use, and the kind's analyses (`state`: the trained
+  `apd.State`)."""
   del raw
   apply, params, mcfg = plan.apply, plan.params, plan.cfg
   x = plan.batch_fn(jax.random.fold_in(key, 2))
   total, metrics = jax.jit(lambda cp, p, x: apd.loss(cp, p, x, None, apply=apply, cfg=mcfg))(
-      comps, params, x)
+      state, params, x)
   out = {"loss": float(total), **{k: float(v) for k, v in metrics.items()}}
-  use = jax.jit(lambda cp, p, x: apd.component_use(apply, p, cp, x, mcfg))(comps, params, x)
+  use = jax.jit(lambda cp, p, x: apd.component_use(apply, p, cp, x, mcfg))(state, params, x)
   out["component_use"] = [round(float(u), 5) for u in use]
   out["unused_components"] = int((use == 0).sum())
   if target.kind in ANALYSES:
-    out.update(ANALYSES[target.kind](c, params, comps, tcfg, jax.random.fold_in(key, 3),
+    out.update(ANALYSES[target.kind](c, params, state, tcfg, jax.random.fold_in(key, 3),
                                      out_dir))
   logging.info("summary: %s", json.dumps(out))
   return out

@@ -55,8 +55,9 @@ def plan(c, target, tcfg, raw, key) -> runner.Plan:
 
 
 # a resumed run may run longer and be analysed differently, nothing else
+# the summary runs on a host copy of the state (whole on every process, like the target's params)
 SPEC = runner.Spec("apd", apd, default_config, validate, plan, apd_summary.summarize,
-                   resumable=("optim.steps", "analysis."))
+                   summary_on_host=True, resumable=("optim.steps", "analysis."))
 
 
 def decompose(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:

@@ -7,6 +7,7 @@ import pytest
 
 from paramdecomp.methods import apd
 from paramdecomp.core import lowrank, pytree, train
+from paramdecomp.core.checkpoint import Checkpointer
 from paramdecomp.core.config import ConfigError
 from paramdecomp.core.lowrank import Factors
 from paramdecomp.toy_models import data, tms
@@ -20,10 +21,10 @@ def _cfg(**kw):
 
 def _brute_gradient_attr(apply, params, comps, x):
   """sqrt(mean_o (sum_l <d f_o / d W_l, P_c,l>)^2) from full jacobians w.r.t. the weights."""
-  paths = list(comps)
+  paths = list(comps.factors)
   ws = pytree.get(params, paths)
   jac = jax.jacrev(lambda w: apply(pytree.replace(params, w), x))(ws)  # [B, O, a, b]
-  mats = {p: lowrank.components(f) for p, f in comps.items()}
+  mats = {p: lowrank.components(f) for p, f in comps.factors.items()}
   dots = sum(jnp.einsum("boij,cij->bco", jac[p], mats[p]) for p in paths)
   return jnp.sqrt(jnp.mean(dots**2, axis=-1))
 
@@ -39,7 +40,7 @@ def test_gradient_attribution_of_a_linear_layer_is_closed_form():
   comps = apd.init(jax.random.PRNGKey(1), params, cfg)
   x = jax.random.normal(jax.random.PRNGKey(2), (10, 6))
   got = apd.attributions(_linear, params, comps, x, cfg)
-  mats = lowrank.components(comps["W"])
+  mats = lowrank.components(comps.factors["W"])
   want = jnp.linalg.norm(jnp.einsum("cij,bj->bci", mats, x), axis=-1) / jnp.sqrt(4.0)
   np.testing.assert_allclose(got, want, rtol=1e-10)
 
@@ -55,11 +56,11 @@ def test_gradient_attribution_of_two_layers_matches_jacrev(model):
             "l2": {"w": jax.random.normal(ks[2], (2, 5))}}
   cfg = _cfg(C=4, m=2, decompose=(r"l\d/w",), attribution_model=model)
   comps = apd.init(ks[3], params, cfg)
-  assert list(comps) == ["l1/w", "l2/w"]
+  assert list(comps.factors) == ["l1/w", "l2/w"]
   x = jax.random.normal(ks[3], (7, 3))
   got = apd.attributions(_two_layer, params, comps, x, cfg)
   base = params if model == "target" else pytree.replace(
-      params, {p: lowrank.total(f) for p, f in comps.items()})
+      params, {p: lowrank.total(f) for p, f in comps.factors.items()})
   np.testing.assert_allclose(got, _brute_gradient_attr(_two_layer, base, comps, x), rtol=1e-9)
 
 
@@ -73,8 +74,9 @@ def test_ablation_attribution_removes_the_component():
   got = apd.attributions(_two_layer, params, comps, x, cfg)
   for c in range(3):
     keep = jnp.ones(3).at[c].set(0.0)
-    with_all = pytree.replace(params, {p: lowrank.total(f) for p, f in comps.items()})
-    without = pytree.replace(params, {p: lowrank.masked_total(f, keep) for p, f in comps.items()})
+    with_all = pytree.replace(params, {p: lowrank.total(f) for p, f in comps.factors.items()})
+    without = pytree.replace(params, {p: lowrank.masked_total(f, keep)
+                                      for p, f in comps.factors.items()})
     want = jnp.mean((_two_layer(with_all, x) - _two_layer(without, x)) ** 2, axis=-1)
     np.testing.assert_allclose(got[:, c], want, rtol=1e-9)
 
@@ -88,7 +90,8 @@ def test_masked_apply_equals_per_sample_loop():
   mask = jax.random.bernoulli(ks[0], 0.5, (5, 4)).astype(jnp.float64)
   got = apd.masked_apply(_two_layer, params, comps, mask, x)
   for b in range(5):
-    w = {p: sum(mask[b, c] * lowrank.components(f)[c] for c in range(4)) for p, f in comps.items()}
+    w = {p: sum(mask[b, c] * lowrank.components(f)[c] for c in range(4))
+         for p, f in comps.factors.items()}
     np.testing.assert_allclose(got[b], _two_layer(pytree.replace(params, w), x[b:b + 1])[0],
                                rtol=1e-10, atol=1e-12)
 
@@ -105,7 +108,7 @@ def _exact_factors(w, n_components):
 def test_faithfulness_is_zero_at_the_target_and_delta_squared_over_n_off_it():
   w = jax.random.normal(jax.random.PRNGKey(6), (3, 5))
   params = {"W": w, "b": jnp.zeros(5)}
-  comps = {"W": _exact_factors(w, 2)}
+  comps = apd.State({"W": _exact_factors(w, 2)})
   x = jnp.eye(5)
   cfg = _cfg(C=2, m=3, sparsity="topk", topk=1)
   _, met = apd.loss(comps, params, x, None, apply=tms.apply, cfg=cfg)
@@ -124,7 +127,7 @@ def _pentagon(bias=-0.35):
 def _ground_truth(w):
   """Z^(c) = W[:, c] e_c^T as rank-1 factors."""
   n = w.shape[1]
-  return {"W": Factors(w.T[:, :, None], jnp.eye(n)[:, :, None])}
+  return apd.State({"W": Factors(w.T[:, :, None], jnp.eye(n)[:, :, None])})
 
 
 def test_tms_ground_truth_masked_forward_is_closed_form():
@@ -167,7 +170,7 @@ def test_flax_linen_model_is_decomposed_by_path_pattern():
   variables = model.init(jax.random.PRNGKey(12), x)
   cfg = _cfg(C=3, m=2, decompose=(r"params/Dense_\d/kernel",))
   comps = apd.init(jax.random.PRNGKey(13), variables, cfg)
-  assert set(comps) == {"params/Dense_0/kernel", "params/Dense_1/kernel"}
+  assert set(comps.factors) == {"params/Dense_0/kernel", "params/Dense_1/kernel"}
   got = apd.attributions(model.apply, variables, comps, x, cfg)
   np.testing.assert_allclose(got, _brute_gradient_attr(model.apply, variables, comps, x),
                              rtol=1e-9)
@@ -191,24 +194,29 @@ def test_clear_errors():
     apd.validate(_cfg(topkk=0.2))
   with pytest.raises(ConfigError, match="attribution"):
     apd.validate(_cfg(attribution="gradients"))
+  with pytest.raises(ConfigError, match="'topkk'"):   # init and make_update check cfg too
+    apd.init(jax.random.PRNGKey(0), params, _cfg(topkk=0.2))
+  with pytest.raises(ConfigError, match="'topkk'"):
+    apd.make_update(tms.apply, _cfg(topkk=0.2), lambda k: None, optax.adam(1e-3))
 
 
 def test_unit_norm_option_normalises_and_projects():
   params = _pentagon()
   cfg = _cfg(unit_norm_matrices=True)
   comps = apd.init(jax.random.PRNGKey(14), params, cfg)
-  np.testing.assert_allclose(jnp.linalg.norm(comps["W"].V, axis=1), 1.0, rtol=1e-10)
+  np.testing.assert_allclose(jnp.linalg.norm(comps.factors["W"].V, axis=1), 1.0, rtol=1e-10)
   x = data.sparse_features(jax.random.PRNGKey(15), 64, 5, 0.3, dtype=jnp.float64)
   grads = jax.grad(lambda c: apd.loss(c, params, x, None, apply=tms.apply, cfg=cfg)[0])(comps)
   proj = apd.project_grads(grads, comps, cfg)
-  np.testing.assert_allclose(jnp.sum(proj["W"].V * comps["W"].V, axis=1), 0.0, atol=1e-10)
-  np.testing.assert_array_equal(proj["W"].U, grads["W"].U)
-  assert float(jnp.abs(grads["W"].V - proj["W"].V).max()) > 1e-6  # it did remove something
+  (g,), (pr,), (w,) = grads.factors.values(), proj.factors.values(), comps.factors.values()
+  np.testing.assert_allclose(jnp.sum(pr.V * w.V, axis=1), 0.0, atol=1e-10)
+  np.testing.assert_array_equal(pr.U, g.U)
+  assert float(jnp.abs(g.V - pr.V).max()) > 1e-6  # it did remove something
   # through the training step: V stays unit-norm after an Adam update
   opt = optax.adam(1e-2)
   update = apd.make_update(tms.apply, cfg, lambda k: x, opt)
   state, _ = update(train.init_state(comps, opt, jax.random.PRNGKey(0)), params)
-  np.testing.assert_allclose(jnp.linalg.norm(state.params["W"].V, axis=1), 1.0, rtol=1e-10)
+  np.testing.assert_allclose(jnp.linalg.norm(state.params.factors["W"].V, axis=1), 1.0, rtol=1e-10)
   assert apd.project_grads(grads, comps, _cfg()) is grads
 
 
@@ -221,21 +229,22 @@ def test_lp_formulation_on_a_linear_layer_is_closed_form():
   comps = apd.init(jax.random.PRNGKey(17), params, cfg)
   x = jax.random.normal(jax.random.PRNGKey(18), (9, 6))
   total, met = apd.loss(comps, params, x, None, apply=_linear, cfg=cfg)
-  mats = lowrank.components(comps["W"])
+  mats = lowrank.components(comps.factors["W"])
   a = jnp.linalg.norm(jnp.einsum("cij,bj->bci", mats, x), axis=-1) / 2.0      # [B, C]
-  s = jnp.sum(jnp.sqrt(jnp.sum(comps["W"].U**2, 1) * jnp.sum(comps["W"].V**2, 1)), -1)  # p=1
+  w = comps.factors["W"]
+  s = jnp.sum(jnp.sqrt(jnp.sum(w.U**2, 1) * jnp.sum(w.V**2, 1)), -1)  # Schatten p = 1
   np.testing.assert_allclose(met["minimality"], jnp.mean(jnp.sum(a**0.9, 1)), rtol=1e-6)
   np.testing.assert_allclose(met["simplicity"], jnp.mean(a**0.9 @ s) / 24, rtol=1e-6)
   np.testing.assert_allclose(total, met["faithfulness"] + 7 * met["minimality"]
                              + met["simplicity"], rtol=1e-12)
   # the attributions carry gradient in this formulation: compare with a finite difference
-  f = lambda u: apd.loss({"W": comps["W"]._replace(U=u)}, params, x, None, apply=_linear,
+  w = comps.factors["W"]
+  f = lambda u: apd.loss(apd.State({"W": w._replace(U=u)}), params, x, None, apply=_linear,
                          cfg=cfg)[1]["minimality"]
-  g = jax.grad(f)(comps["W"].U)
+  g = jax.grad(f)(w.U)
   h = 1e-6
-  e = jnp.zeros_like(comps["W"].U).at[1, 2, 0].set(h)
-  np.testing.assert_allclose(g[1, 2, 0], (f(comps["W"].U + e) - f(comps["W"].U - e)) / (2 * h),
-                             rtol=1e-5)
+  e = jnp.zeros_like(w.U).at[1, 2, 0].set(h)
+  np.testing.assert_allclose(g[1, 2, 0], (f(w.U + e) - f(w.U - e)) / (2 * h), rtol=1e-5)
 
 
 def _relu_mlp(params, x):
@@ -258,7 +267,7 @@ def test_activation_attribution_by_definition(layout):
   comps = apd.init(ks[2], params, cfg)
   x = jax.random.normal(ks[3], (8, 4))
   got = apd.attributions(apply, params, comps, x, cfg)
-  p1, p2 = (lowrank.components(comps[n]) for n in names)   # [C, a, b]
+  p1, p2 = (lowrank.components(comps.factors[n]) for n in names)   # [C, a, b]
   if layout == "kernels":
     p1, p2 = p1.transpose(0, 2, 1), p2.transpose(0, 2, 1)
   # the inputs of each layer in the all-components APD model, then |P_c a|^2 summed over layers
@@ -278,7 +287,7 @@ def test_hidden_activation_reconstruction_by_definition():
   x = jax.random.normal(ks[3], (8, 4))
   total, m = apd.loss(comps, params, x, None, apply=_relu_mlp, cfg=cfg)
   mask = apd.mask_from(apd.attributions(_relu_mlp, params, comps, x, cfg), cfg)
-  w1_b = lowrank.masked_total(comps["w1"], mask)                    # [B, 6, 4]
+  w1_b = lowrank.masked_total(comps.factors["w1"], mask)                    # [B, 6, 4]
   sparse = jax.nn.relu(jnp.einsum("bij,bj->bi", w1_b, x))
   target = jax.nn.relu(x @ params["w1"].T)
   np.testing.assert_allclose(m["act_recon"], jnp.mean(jnp.sum((sparse - target) ** 2, -1)) / 6,
@@ -291,7 +300,7 @@ def test_hidden_activation_reconstruction_by_definition():
   cfg_all = _cfg(**{**cfg.to_dict(), "act_recon_layers": (), "act_recon_relu": False})
   _, m_all = apd.loss(comps, params, x, None, apply=_relu_mlp, cfg=cfg_all)
   pre = jnp.einsum("bij,bj->bi", w1_b, x)
-  out2 = jnp.einsum("bij,bj->bi", lowrank.masked_total(comps["w2"], mask), jax.nn.relu(pre))
+  out2 = jnp.einsum("bij,bj->bi", lowrank.masked_total(comps.factors["w2"], mask), jax.nn.relu(pre))
   t2 = jax.nn.relu(x @ params["w1"].T) @ params["w2"].T
   want = jnp.mean(jnp.sum((pre - x @ params["w1"].T) ** 2, -1) + jnp.sum((out2 - t2) ** 2, -1))
   np.testing.assert_allclose(m_all["act_recon"], want / 9, rtol=1e-10)
@@ -310,3 +319,25 @@ def test_exact_topk_and_distil_from_target_masks():
   np.testing.assert_array_equal(d[:, :-1], apd.mask_from(scores[:, :-1], _cfg(C=4, topk=1.0)))
   with pytest.raises(ValueError, match="pass x"):
     apd.mask_from(scores, _cfg(C=5, exact_topk=True))
+
+
+def test_state_round_trips_through_a_checkpoint(tmp_path):
+  """Orbax restores into the structure it is given: the trained State (and the Adam moments,
+  States too) come back as `apd.State`, value for value."""
+  params = _pentagon()
+  opt = optax.adam(1e-2)
+  state = train.init_state(apd.init(jax.random.PRNGKey(0), params, _cfg()), opt,
+                           jax.random.PRNGKey(1))
+  x = data.sparse_features(jax.random.PRNGKey(2), 32, 5, 0.3, dtype=jnp.float64)
+  state, _ = apd.make_update(tms.apply, _cfg(), lambda k: x, opt)(state, params)
+  ck = Checkpointer(str(tmp_path))
+  ck.save(1, state)
+  ck.wait()
+  like = train.init_state(apd.init(jax.random.PRNGKey(5), params, _cfg()), opt,
+                          jax.random.PRNGKey(1))
+  back = ck.restore(like, 1)
+  ck.close()
+  assert isinstance(back.params, apd.State) and isinstance(back.opt_state[0].mu, apd.State)
+  assert jax.tree.structure(back) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(a, b)

@@ -1,10 +1,10 @@
 """The issue's L3D toy targets (docs/methods/l3d.md §3.7), full runs:
 `pytest -m slow tests/runs/test_l3d_slow.py` (durations: results/test_suite.md).
 
-Targets not reached by the current code are xfail with the measured value in the reason (the
-measurements: results/l3d_toys.md), so that the suite reports them rather than hides them: an
-xpass means the gap closed. TM1 and TM2 also run with the decomposition data's all-zero rows kept
-(`zero_rows=keep`).
+Targets not reached by the current code are strict xfails with the measured value in the reason
+(the measurements: results/l3d_toys.md), so that the suite reports them rather than hides them:
+an xpass fails the suite, since the gap closed (lift the mark and record the new figure). TM1 and
+TM2 also run with the decomposition data's all-zero rows kept (`zero_rows=keep`).
 """
 import json
 import os
@@ -67,7 +67,7 @@ def test_tm1_features_matched_by_parallel_subnetworks(runs):
 
 @pytest.mark.slow
 @pytest.mark.xfail(reason="measured 0.200 held-out / 0.214 training (paper 0.19; issue asks "
-                   "<= 0.12); unreachable with this data, see the bound test", strict=False)
+                   "<= 0.12); unreachable with this data, see the bound test", strict=True)
 def test_tm1_reconstruction(runs):
   assert runs("tm1")["recon_heldout"] <= 0.12
 
@@ -94,7 +94,7 @@ def test_tm1_with_zero_rows_kept(runs):
 
 @pytest.mark.slow
 @pytest.mark.xfail(reason="measured recon 0.244 (bound 0.217), coefficient correlation 0.880",
-                   strict=False)
+                   strict=True)
 def test_tm2_reconstruction_and_coefficient_recovery(runs):
   s = runs("tm2")
   assert s["recon_heldout"] <= 0.065 and s["coef_corr"] >= 0.9
@@ -108,7 +108,7 @@ def test_tm2_coefficient_recovery_with_zero_rows_kept(runs):
 
 @pytest.mark.slow
 @pytest.mark.xfail(reason="measured recon 0.136 held-out with zero rows kept, whose bound is "
-                   "0.122 (> 0.065)", strict=False)
+                   "0.122 (> 0.065)", strict=True)
 def test_tm2_reconstruction_with_zero_rows_kept(runs):
   assert runs("tm2", KEEP)["recon_heldout"] <= 0.065
 
@@ -117,7 +117,7 @@ def test_tm2_reconstruction_with_zero_rows_kept(runs):
 @pytest.mark.xfail(reason="measured 7 live subnetworks for 5 groups (groups 0 and 1 split in two; "
                    "decomposition seeds 1, 2: 8 and 6 live): each group's gradients hold a second "
                    "direction (the reference's part) and top-k 0.1 x 10 subnetworks leaves a "
-                   "coefficient per sample to spend on it; README", strict=False)
+                   "coefficient per sample to spend on it; README", strict=True)
 def test_tm3_one_live_subnetwork_per_group(runs):
   g = runs("tm3")["groups"]
   assert g["one_live_per_group"]
@@ -178,7 +178,7 @@ def test_tm4_reconstruction(runs):
 @pytest.mark.slow
 @pytest.mark.xfail(reason="measured specificity 1.0-1.4 per subnetwork; the subnetworks serve "
                    "features [1, 4, 1, 0, 0]; unreachable on this target, see the next test",
-                   strict=False)
+                   strict=True)
 def test_tm4_perturbation_specificity(runs):
   s = runs("tm4")
   assert sorted(s["feature_of_subnet"]) == list(range(5))

@@ -159,8 +159,8 @@ def test_apd_decomposes_the_configured_network_not_the_modules_default(tmp_path)
   s = decomposition.decompose(c, str(tmp_path / "apd"))
   _, tcfg, params = training.load_target(str(tmp_path / "t"))
   ck = Checkpointer(str(tmp_path / "apd"))
-  saved = load_on_one_device(os.path.join(ck.directory, "20", "default"))["params"]
-  comps = {path: Factors(jnp.asarray(f["U"]), jnp.asarray(f["V"])) for path, f in saved.items()}
+  saved = load_on_one_device(os.path.join(ck.directory, "20", "default"))["params"]["factors"]
+  comps = apd.State({p: Factors(**f) for p, f in saved.items()})   # U, V restored as arrays
   ck.close()
   x = registry.get("squares").batch(jax.random.fold_in(jax.random.PRNGKey(c.seed), 2), tcfg, 64)
   assert squares.apply_for(tcfg.model) is not squares.apply
