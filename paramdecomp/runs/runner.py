@@ -135,8 +135,8 @@ def check_resume(spec: Spec, c: ml_collections.ConfigDict, workdir: str) -> None
   fields that may change on resume (the run section, `spec.resumable`), naming the field."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise MissingCheckpointError(f"resume: {os.path.abspath(workdir)} holds no run (no "
-                                 "config.json)")
+    raise MissingCheckpointError(f"resume asked for, but {os.path.abspath(workdir)} holds no "
+                                 "run (no checkpoint, no config.json)")
   saved = _flat(json.loads(json.dumps(saved_config(spec, workdir).to_dict())))
   now = _flat(json.loads(json.dumps(c.to_dict())))
   may = ("run.",) + spec.resumable

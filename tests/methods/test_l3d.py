@@ -297,9 +297,10 @@ def test_training_recovers_the_parallel_blocks():
   opt = optax.adam(optax.exponential_decay(0.05, 1000, 0.5))
   state = train.init_state(l3d.init(jax.random.PRNGKey(0), params, cfg), opt,
                            jax.random.PRNGKey(1))
-  update = l3d.make_update(apply, cfg, lambda k: x, opt)
-  state = train.fit(state, params, update, total_steps=3000, workdir=None, log_every=0,
-                    steps_per_dispatch=1000)
+  # the whole (fixed) batch every step, as frozen data: a batch_fn closing over x is refused
+  update = l3d.make_update(apply, cfg, lambda k, data: data, opt)
+  state = train.fit(state, train.Frozen(params, x), update, total_steps=3000, workdir=None,
+                    log_every=0, steps_per_dispatch=1000)
   for k in range(3):  # whatever the references
     val = l3d.loss(state.params, params, x, jax.random.PRNGKey(k), apply=apply, cfg=cfg)[0]
     assert float(val) < 1e-3
@@ -377,7 +378,8 @@ def test_update_normalises_the_decoder_but_not_the_encoder():
   opt = optax.sgd(0.5)
   state = train.init_state(l3d.init(jax.random.PRNGKey(0), params, cfg), opt,
                            jax.random.PRNGKey(1))
-  state, _ = jax.jit(l3d.make_update(apply, cfg, lambda k: x, opt))(state, params)
+  update = l3d.make_update(apply, cfg, lambda k, data: data, opt)
+  state, _ = jax.jit(update)(state, train.Frozen(params, x))
   np.testing.assert_allclose(l3d.subnet_norms(state.params.dec), np.ones(4), rtol=1e-6)
   assert np.max(np.abs(np.asarray(l3d.subnet_norms(state.params.enc)) - 1)) > 1e-3
 
