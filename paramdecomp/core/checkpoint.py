@@ -1,4 +1,5 @@
-"""Orbax checkpointing of a whole training state (trainables, optimiser state, step, PRNG key)."""
+"""Orbax checkpointing of a whole training state (trainables, optimiser state, step, PRNG key),
+and the one save / load of a plain pytree (`save_tree`, `load_tree`)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ from typing import Any
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -65,17 +67,38 @@ class Checkpointer:
     self._mgr.close()
 
 
-def load_on_one_device(path: str) -> PyTree:
-  """Any saved pytree (e.g. one step of a sharded run: ``<workdir>/checkpoints/<step>/default``)
-  restored whole onto this process's first local device, whatever mesh wrote it."""
+def save_tree(path: str, tree: PyTree) -> None:
+  """Save a pytree of arrays (numpy or jax, any sharding) at directory `path`, replacing what is
+  there; returns when it is on disk."""
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.abspath(path), tree, force=True)
+
+
+def load_tree(path: str, like: PyTree | None = None, as_numpy: bool = False) -> PyTree:
+  """A pytree saved by `save_tree` (or one step of a sharded run: ``<workdir>/checkpoints/<step>/
+  default``), restored whole whatever mesh wrote it: as jax arrays on this process's first local
+  device, or with `as_numpy` as host numpy arrays in the saved dtypes (float64 kept without
+  jax_enable_x64). `like` (arrays or ShapeDtypeStructs) fixes the structure and dtypes;
+  default: the saved ones. Giving every leaf its target avoids orbax's missing-sharding
+  warnings."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise MissingCheckpointError(f"no checkpoint at {path}")
   one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def target(m):
+    if as_numpy:
+      return np.zeros(m.shape, m.dtype)   # a numpy target restores as numpy
+    return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one)
   with ocp.StandardCheckpointer() as ckptr:
-    meta = ckptr.metadata(path).item_metadata
-    like = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
-    return ckptr.restore(path, like)
+    if like is None:
+      like = ckptr.metadata(path).item_metadata
+    return ckptr.restore(path, jax.tree.map(target, like))
+
+
+def load_on_one_device(path: str) -> PyTree:
+  """`load_tree(path)`: any saved pytree restored whole onto this process's first device."""
+  return load_tree(path)
 
 
 def save_json(path: str, obj) -> None:

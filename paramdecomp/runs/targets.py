@@ -9,12 +9,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-import orbax.checkpoint as ocp
 
 from paramdecomp.core import config as cfglib
-from paramdecomp.core import schedules, train
-from paramdecomp.core.checkpoint import (Checkpointer, MissingCheckpointError, load_on_one_device,
-                                         save_json)
+from paramdecomp.core import metrics, schedules, train
+from paramdecomp.core.checkpoint import (Checkpointer, MissingCheckpointError, load_tree,
+                                         save_json, save_tree)
 from paramdecomp.core.target import Target
 from toy_models import registry, tms
 
@@ -48,8 +47,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 def classifier_metrics(logits: jax.Array, y: jax.Array) -> dict:
   """Mean cross-entropy and accuracy of logits [B, K] against integer labels [B]."""
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-  return {"loss": jnp.mean(loss), "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+  return metrics.classification(logits, y)
 
 
 def evaluate_classifier(apply, params, x, y, chunk: int = 4096) -> dict:
@@ -128,9 +126,7 @@ def report(c: ml_collections.ConfigDict, params: dict) -> tuple[dict, list[str]]
 
 
 def save_target(workdir: str, c: ml_collections.ConfigDict, params: dict) -> None:
-  path = os.path.abspath(os.path.join(workdir, "target"))
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, params, force=True)
+  save_tree(os.path.join(workdir, "target"), params)
   save_json(os.path.join(workdir, "target.json"), {
       "model": c.model.to_dict(), "data": c.data.to_dict(), "seed": c.seed})
 
@@ -144,4 +140,4 @@ def load_target(workdir: str) -> tuple[Target, ml_collections.ConfigDict, dict]:
                                  "(expected target.json and target/; run scripts/train_toy.py)")
   with open(meta) as f:
     c = ml_collections.ConfigDict(json.load(f))
-  return registry.of(c.model), c, load_on_one_device(path)
+  return registry.of(c.model), c, load_tree(path)
