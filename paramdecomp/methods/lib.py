@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -192,7 +192,7 @@ def _moments(seq, params, x, nodes: tuple, chunk_size: int) -> list[tuple]:
   """[(μ, E[f fᵀ])] of the given nodes (augmented), summed in one scan over x.
 
   The constant coordinate's moments are assembled here, not summed (E[1] = 1, E[f·1] = μ):
-  concatenating it inside the scan triples the program's compile time."""
+  concatenating it inside the scan makes the program much slower to compile."""
   sums = scan.dataset_sum(scan.bind(_moments_chunk, seq, nodes), params, x, chunk_size)
   view, n = _view(seq, params, x), jax.tree.leaves(x)[0].shape[0]
   out = []
