@@ -47,12 +47,18 @@ def _score_chunk(seq, view, node, resume, transform, score_fn, args, batch, w, i
   return {k: v * jnp.sum(w) for k, v in score_fn(out, yb, w).items()}
 
 
-def _mean_scores(seq, params, x, y, node: int, resume: int, transform, targs, score_fn,
-                 chunk_size: int, dtype) -> dict:
-  """Mean scores over (x, y) with `transform` between node and resume (see `_score_chunk`)."""
+def _prepare(seq, params, x, dtype):
+  """(params, x, view, dtype) with params and x in `dtype` (default: the params' own), once per
+  curve or bisection rather than once per point."""
   dtype = dtype or scan.init_dtype(params)
   params, x = scan.cast(params, dtype), scan.cast(x, dtype)
-  view = lib.view_of(seq, params, jax.tree.map(lambda a: a[0], x))
+  return params, x, lib.view_of(seq, params, jax.tree.map(lambda a: a[0], x)), dtype
+
+
+def _mean_scores(seq, view, params, x, y, node: int, resume: int, transform, targs, score_fn,
+                 chunk_size: int, dtype) -> dict:
+  """Mean scores over (x, y) with `transform` between node and resume (see `_score_chunk`);
+  params and x already in `dtype`."""
   fn = scan.bind(_score_chunk, seq, view, node, resume, transform, score_fn)
   sums = scan.dataset_sum(fn, (params, scan.cast(targs, dtype)), (x, y), chunk_size)
   n = jax.tree.leaves(x)[0].shape[0]
@@ -77,11 +83,13 @@ def node_ablation_curve(seq, params, x, y, node: int, basis: NodeBasis, score_fn
   """
   n, k = basis.C.shape
   schedule = exponential_schedule(n) if schedule is None else schedule
+  params, x, view, dtype = _prepare(seq, params, x, dtype)
   curve = []
   for a in sorted(schedule):
     r = max(min(n - a, k), 0)
     targs = (np.r_[np.arange(k) < r, a == 0].astype(np.float64), basis.C, basis.C_pinv)
-    s = _mean_scores(seq, params, x, y, node, node, _project, targs, score_fn, chunk_size, dtype)
+    s = _mean_scores(seq, view, params, x, y, node, node, _project, targs, score_fn, chunk_size,
+                     dtype)
     curve.append({"n_ablated": a, "n_kept": n - a, "n_basis_kept": r, **s})
   return curve
 
@@ -128,9 +136,16 @@ def edge_ablation_scores(seq, params, x, y, node: int, basis_in: NodeBasis, basi
                          dtype=None) -> dict:
   """Mean scores with the edges of E^node outside `mask` [k_out, k_in] ablated (§5.4): each basis
   feature i of node + 1 is computed from the node features j with mask[i, j] = 1 only."""
+  params, x, view, dtype = _prepare(seq, params, x, dtype)
+  return _edge_scores(seq, view, params, x, y, node, basis_in, basis_out, mask, score_fn,
+                      chunk_size, dtype)
+
+
+def _edge_scores(seq, view, params, x, y, node, basis_in, basis_out, mask, score_fn, chunk_size,
+                 dtype) -> dict:
   targs = (mask, basis_in.C, basis_in.C_pinv, basis_out.C, basis_out.C_pinv)
-  return _mean_scores(seq, params, x, y, node, node + 1, scan.bind(_edge_transform, seq, node),
-                      targs, score_fn, chunk_size, dtype)
+  return _mean_scores(seq, view, params, x, y, node, node + 1,
+                      scan.bind(_edge_transform, seq, node), targs, score_fn, chunk_size, dtype)
 
 
 def edge_threshold(e: np.ndarray, n_edges: int, n_const_in: int) -> float:
@@ -157,11 +172,12 @@ def edges_needed(seq, params, x, y, node: int, basis_in: NodeBasis, basis_out: N
   bisection (§5.4); returns it with the evaluated (K, score) pairs."""
   n_const = basis_in.n_const
   total = e[:, n_const:].size
+  params, x, view, dtype = _prepare(seq, params, x, dtype)
   trace = []
 
   def ok(n_edges):
-    s = edge_ablation_scores(seq, params, x, y, node, basis_in, basis_out,
-                             edge_mask(e, n_edges, n_const), score_fn, chunk_size, dtype)
+    s = _edge_scores(seq, view, params, x, y, node, basis_in, basis_out,
+                     edge_mask(e, n_edges, n_const), score_fn, chunk_size, dtype)
     trace.append((n_edges, s[key]))
     return s[key] >= base - tolerance
 

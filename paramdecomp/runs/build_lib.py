@@ -26,8 +26,11 @@ BASES = ("lib", "pca", "neuron")
 # per model kind: what its basis features mean (summary["features"])
 FEATURE_REPORTS = {"modadd": modadd_fourier.feature_report}
 RESUMABLE = ("moments", "bases", "edges")
-SCORE = metrics.classification
+SCORE = metrics.classification   # the ablations' score: mean loss and accuracy
+
+
 def default_config() -> ml_collections.ConfigDict:
+  """A build's settings: the target, LIB's own (`lib.default_config`), bases, splits, ablations."""
   c = ml_collections.ConfigDict()
   c.target_dir = ""
   c.lib = lib.default_config()
@@ -42,6 +45,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
+  """Raise ConfigError naming the first unknown or invalid field of a build config."""
   cfglib.check_fields(c, default_config())
   with cfglib.section("lib"):
     lib.validate(c.lib)
