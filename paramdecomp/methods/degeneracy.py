@@ -1,7 +1,7 @@
 """Degeneracy measures and the modularity metric of the interaction-basis paper (METHODS.md §4).
 
 * activation degeneracy: null directions of a node's Gram matrix (`rank_deficiency` of
-  `lib.gram`'s eigenvalues);
+  `lib.node_moments`' Gram eigenvalues);
 * Jacobian (gradient) degeneracy: null directions of K = E[Jᵀ J], J = ∂ output / ∂ node
   (`jacobian_gram`);
 * synchronised nonlinearities: neurons that fire on the same data points (`firing_groups`);

@@ -189,7 +189,8 @@ def _moments_chunk(seq, nodes, p, xb, w, i):
 
 
 def _moments(seq, params, x, nodes: tuple, chunk_size: int) -> list[tuple]:
-  """[(μ, E[f fᵀ])] of the given nodes (augmented), summed in one scan over x.
+  """[(mean μ [D], uncentred second moment E[f fᵀ] [D, D])] of the given nodes (augmented; over
+  samples and positions), summed in one scan over x.
 
   The constant coordinate's moments are assembled here, not summed (E[1] = 1, E[f·1] = μ):
   concatenating it inside the scan makes the program much slower to compile."""
@@ -203,11 +204,6 @@ def _moments(seq, params, x, nodes: tuple, chunk_size: int) -> list[tuple]:
       mu, second = np.r_[mu, 1.0], np.block([[second, mu[:, None]], [mu[None, :], np.ones((1, 1))]])
     out.append((mu, second))
   return out
-
-
-def gram(seq: Sequential, params: PyTree, x, node: int, chunk_size: int = 128):
-  """(mean μ [D], uncentred second moment E[f fᵀ] [D, D]) of a node over x and positions."""
-  return _moments(seq, params, x, (node,), chunk_size)[0]
 
 
 def node_moments(seq: Sequential, params: PyTree, x, cfg) -> list[tuple]:

@@ -35,7 +35,7 @@ def test_activation_and_jacobian_degeneracy():
   ps = {"w1": w1, "w2": w2}
   seq = sequential.from_functions([lambda p, f: f @ p["w1"], lambda p, f: f @ p["w2"]],
                                   ["a", "b", "out"])
-  mu, second = lib.gram(seq, ps, x, 0)
+  mu, second = lib.node_moments(seq, ps, x, lib.default_config())[0]
   ev = np.linalg.eigvalsh(second[:-1, :-1])
   assert degeneracy.rank_deficiency(ev, 1e-9, relative=True) == d - k
   kmat = degeneracy.jacobian_gram(seq, ps, x, 1)

@@ -114,13 +114,16 @@ def test_truncation_keeps_exactly_the_non_null_space():
   np.testing.assert_allclose(np.abs(b1[0].C), np.abs(b2[0].C), atol=1e-7)
 
 
-def test_gram_and_mean_match_numpy_and_centred_gram_has_the_constant_direction():
+def test_moments_match_numpy_and_centred_gram_has_the_constant_direction():
   seq, ps, x = _chain([5, 3])
   x = x + 2.0
-  mu, second = lib.gram(seq, ps, x, 0, chunk_size=37)   # 400 = 10 full chunks + padding
+  (mu, second), out = lib.node_moments(seq, ps, x, _cfg(chunk_size=37))  # 400 = 10 chunks + 30
   fa = np.c_[x, np.ones(len(x))]
   np.testing.assert_allclose(mu, fa.mean(0), rtol=1e-12)
   np.testing.assert_allclose(second, fa.T @ fa / len(x), rtol=1e-12)
+  h = x @ ps["A0"]                                   # the output node: no constant coordinate
+  np.testing.assert_allclose(out[0], h.mean(0), rtol=1e-10)
+  np.testing.assert_allclose(out[1], h.T @ h / len(x), rtol=1e-10)
   d, u, w, w_pinv, n_const, _ = lib.gram_eigenbasis(mu, second, True, True, 1e-12)
   assert n_const == 1
   np.testing.assert_allclose(np.abs(u[:, 0]), np.eye(6)[-1], atol=1e-12)
@@ -133,7 +136,7 @@ def test_gram_over_positions_averages_every_position():
   x = rng.normal(size=(50, 3, 4))
   seq = sequential.from_functions([lambda p, f: f.sum(-2)], ["seq", "out"])
   assert lib.view_of(seq, {}, x[0]).td == ((3, 4), (1, 4))
-  mu, second = lib.gram(seq, {}, x, 0)
+  mu, second = lib.node_moments(seq, {}, x, _cfg())[0]
   fa = np.c_[x.reshape(-1, 4), np.ones(150)]
   np.testing.assert_allclose(second, fa.T @ fa / 150, rtol=1e-12)
 
