@@ -5,11 +5,11 @@
   python scripts/build_basis.py --config=paramdecomp/configs/lib_digits.py \
       --config.target_dir=runs/digits --workdir=runs/lib_digits
 
-Writes (in --workdir): bases/ and edges/ (orbax pytrees: per basis, per node C, C⁺, Λ, Gram
-eigenvalues; per edge set E), node_ablation_<node>.png, graph_<basis>.png, summary.json (target
-accuracy, basis sizes, directions needed per node, edges needed per edge set, Gram / basis / edge
-wall times, modularity). With --resume, bases and edges already saved are loaded, not recomputed;
-without it a workdir that holds them is refused.
+Writes (in --workdir): moments/, bases/ and edges/ (orbax pytrees: per node μ and E[f fᵀ]; per
+basis, per node C, C⁺, Λ, Gram eigenvalues; per edge set E), node_ablation_<node>.png,
+graph_<basis>.png, summary.json (target accuracy, basis sizes, directions needed per node, edges
+needed per edge set, Gram / basis / edge wall times, modularity). With --resume, moments, bases and
+edges already saved are loaded, not recomputed; without it a workdir that holds them is refused.
 """
 import json
 import os

@@ -13,7 +13,6 @@ import jax
 import ml_collections
 
 FROZEN = ("A",)
-DECOMPOSED = ("W_in", "W_out", "b")
 
 
 def model_config(n_features: int = 10, n_hidden: int = 5,

@@ -1,4 +1,5 @@
-"""Orbax checkpointing of a whole training state (trainables, optimiser state, step, PRNG key)."""
+"""Orbax checkpointing of a whole training state (trainables, optimiser state, step, PRNG key),
+and the one save / load of a plain pytree (`save_tree`, `load_tree`)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +9,7 @@ from typing import Any
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -50,14 +52,13 @@ class Checkpointer:
     latest = self.latest_step()
     if resume:
       if latest is None:
-        raise MissingCheckpointError(f"resume asked for, but there is no checkpoint in "
-                                     f"{self.directory}")
+        raise MissingCheckpointError(f"--resume given but no checkpoint in {self.directory}")
       logging.info("resuming from step %d in %s", latest, self.directory)
       return self.restore(state)
     if latest is not None:
       raise FileExistsError(f"{os.path.dirname(self.directory)} already holds checkpoints (latest "
-                            f"step {latest}); resume it (resume=True; --resume in the scripts) "
-                            "or choose another workdir")
+                            f"step {latest}); pass --resume to continue it or choose another "
+                            "workdir")
     return state
 
   def wait(self) -> None:
@@ -69,8 +70,8 @@ class Checkpointer:
 
 @contextlib.contextmanager
 def _quiet_orbax():
-  """Orbax warns that a step's item directory has no metadata file of its own (the step
-  directory holds it): true and harmless when an item is read directly."""
+  """Orbax warns that a run step's item directory has no metadata file of its own (the step
+  directory holds it): true and harmless when the item is read directly."""
   level = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)
   try:
@@ -79,21 +80,41 @@ def _quiet_orbax():
     logging.set_verbosity(level)
 
 
-def load_on_one_device(path: str) -> PyTree:
-  """Any saved pytree restored whole onto this process's first local device, whatever mesh wrote
-  it: a `save_target`-style directory, or one step of a run (``<workdir>/checkpoints/<step>``;
-  its item directory ``.../<step>/default`` works too). Containers come back as dicts; restore
-  with `Checkpointer.restore` and a `like` state to get the original types."""
+def save_tree(path: str, tree: PyTree) -> None:
+  """Save a pytree of arrays (numpy or jax, any sharding) at directory `path`, replacing what is
+  there; returns when it is on disk."""
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.abspath(path), tree, force=True)
+
+
+def load_tree(path: str, like: PyTree | None = None, as_numpy: bool = False) -> PyTree:
+  """A pytree saved by `save_tree` (or one step of a sharded run: ``<workdir>/checkpoints/<step>``),
+  restored whole whatever mesh wrote it: as jax arrays on this process's first local
+  device, or with `as_numpy` as host numpy arrays in the saved dtypes (float64 kept without
+  jax_enable_x64). `like` (arrays or ShapeDtypeStructs) fixes the structure and dtypes;
+  default: the saved ones. Giving every leaf its target avoids orbax's missing-sharding
+  warnings."""
   path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "default")):
+  if os.path.isdir(os.path.join(path, "default")):   # a run's step directory: read its item
     path = os.path.join(path, "default")
   if not os.path.isdir(path):
     raise MissingCheckpointError(f"no checkpoint at {path}")
   one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def target(m):
+    if as_numpy:
+      return np.zeros(m.shape, m.dtype)   # a numpy target restores as numpy
+    return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one)
   with _quiet_orbax(), ocp.StandardCheckpointer() as ckptr:
-    meta = ckptr.metadata(path).item_metadata
-    like = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
-    return ckptr.restore(path, like)
+    if like is None:
+      like = ckptr.metadata(path).item_metadata
+    return ckptr.restore(path, jax.tree.map(target, like))
+
+
+def load_on_one_device(path: str) -> PyTree:
+  """`load_tree(path)`: any saved pytree restored whole onto this process's first device
+  (containers as dicts: `Checkpointer.restore` with a `like` state keeps the types)."""
+  return load_tree(path)
 
 
 def save_json(path: str, obj) -> None:

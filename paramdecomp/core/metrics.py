@@ -1,9 +1,26 @@
-"""Metrics shared by the methods (docs/methods/shared.md §0.5)."""
+"""Metrics shared by the methods and runs (docs/methods/shared.md §0.5)."""
 from __future__ import annotations
 
 import jax.numpy as jnp
+import optax
 
 EPS = 1e-12
+
+
+def classification(logits: jnp.ndarray, y: jnp.ndarray, weights: jnp.ndarray | None = None
+                   ) -> dict:
+  """Mean cross-entropy and accuracy of logits [B, K] against integer labels [B]; with
+  `weights` [B] the weighted means (Σ w v / Σ w; 0 when every weight is 0), e.g. to drop the
+  padding of a chunked scan, summed in the wider of the logits' and weights' dtypes."""
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  correct = jnp.argmax(logits, -1) == y
+  if weights is None:
+    return {"loss": jnp.mean(loss), "accuracy": jnp.mean(correct.astype(loss.dtype))}
+  w = jnp.asarray(weights)
+  dtype = jnp.result_type(loss.dtype, w.dtype)
+  loss, correct, w = loss.astype(dtype), correct.astype(dtype), w.astype(dtype)
+  total = jnp.maximum(jnp.sum(w), jnp.finfo(dtype).tiny)
+  return {"loss": jnp.sum(w * loss) / total, "accuracy": jnp.sum(w * correct) / total}
 
 
 def mmcs_ml2r(target: jnp.ndarray, comps: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:

@@ -1,7 +1,14 @@
 """Sums over a data set in one jitted scan over fixed-size chunks (LIB's moments, ablation
-curves, degeneracy's Jacobian Grams)."""
+curves, degeneracy's Jacobian Grams), compiled once per (per-chunk function, shapes).
+
+The per-chunk function is a static argument of one module-level jitted scan, so jax's compile
+cache keys on it: pass a module-level function, or `bind(fn, *static)` of one (equal whenever fn
+and the static arguments are equal). A lambda or `functools.partial` made per call is a new key
+each time and recompiles on every call.
+"""
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -10,50 +17,72 @@ import jax.numpy as jnp
 PyTree = Any
 
 
+class bind:
+  """``fn`` with its leading arguments fixed to `static` (hashable values: a view, node indices,
+  a frozen config). Unlike functools.partial, two binds of the same fn to equal static
+  arguments are equal and hash alike, so a fresh one per call still hits the compile cache."""
+  __slots__ = ("fn", "static", "__weakref__")   # jax caches on weak references
+
+  def __init__(self, fn: Callable, *static):
+    try:
+      hash(static)
+    except TypeError as e:
+      raise TypeError(f"scan.bind({getattr(fn, '__name__', fn)}, ...): static arguments must be "
+                      f"hashable (pass arrays as traced args instead): {e}") from None
+    self.fn, self.static = fn, static
+
+  def __call__(self, *args):
+    return self.fn(*self.static, *args)
+
+  def __eq__(self, other):
+    return isinstance(other, bind) and self.fn == other.fn and self.static == other.static
+
+  def __hash__(self):
+    return hash((self.fn, self.static))
+
+  def __repr__(self):
+    return f"bind({getattr(self.fn, '__name__', self.fn)}, {len(self.static)} static)"
+
+
 def dataset_sum(fn: Callable, args: PyTree, data: PyTree, chunk_size: int) -> PyTree:
   """Σ over chunks of ``fn(args, batch, w, i)`` in one jitted scan.
 
   `data` leaves share a leading axis N; the last chunk is padded with copies of sample 0 that get
-  weight w = 0, so `fn` must weight each sample's contribution by w. i is the chunk index.
+  weight w = 0, so `fn` must weight each sample's contribution by w [chunk]. i is the chunk
+  index. `fn` must be hashable and stable across calls (see the module docstring); args are
+  traced, so new args of the same shapes reuse the compiled scan.
   """
-  return chunked_sum(fn, chunk_size)(args, data)
+  n = jax.tree.leaves(data)[0].shape[0]
+  return _scan_sum(fn, min(int(chunk_size), n), args, data)
 
 
-def chunked_sum(fn: Callable, chunk_size: int) -> Callable:
-  """``(args, data) -> Σ_chunks fn(args, batch, w, i)`` compiled once (per data shape), for
-  callers that sum the same function with different args (ablation curves, bisections)."""
+@functools.partial(jax.jit, static_argnames=("fn", "chunk"))
+def _scan_sum(fn, chunk, args, data):
+  n = jax.tree.leaves(data)[0].shape[0]
+  n_chunks = -(-n // chunk)
+  pad = n_chunks * chunk - n
 
-  @jax.jit
-  def run(args, data, w):
-    first = jax.tree.map(lambda a: a[0], data)
-    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                        jax.eval_shape(fn, args, first, w[0], 0))
+  def prep(a):   # [N, ...] -> [n_chunks, chunk, ...], padded with copies of sample 0
+    a = jnp.asarray(a)
+    if pad:
+      a = jnp.concatenate([a, jnp.broadcast_to(a[:1], (pad,) + a.shape[1:])])
+    return a.reshape((n_chunks, chunk) + a.shape[1:])
 
-    def body(acc, inp):
-      i, b, wb = inp
-      return jax.tree.map(jnp.add, acc, fn(args, b, wb.astype(init_dtype(acc)), i)), None
-    acc, _ = jax.lax.scan(body, init, (jnp.arange(w.shape[0]), data, w))
-    return acc
+  chunks = jax.tree.map(prep, data)
+  w = (jnp.arange(n_chunks * chunk) < n).astype(float).reshape(n_chunks, chunk)
+  first = jax.tree.map(lambda a: a[0], chunks)
+  init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                      jax.eval_shape(fn, args, first, w[0], 0))
 
-  def call(args, data):
-    n = jax.tree.leaves(data)[0].shape[0]
-    chunk = min(chunk_size, n)
-    n_chunks = -(-n // chunk)
-    pad = n_chunks * chunk - n
-
-    def prep(a):
-      a = jnp.asarray(a)
-      if pad:
-        a = jnp.concatenate([a, jnp.broadcast_to(a[:1], (pad,) + a.shape[1:])])
-      return a.reshape((n_chunks, chunk) + a.shape[1:])
-
-    w = jnp.concatenate([jnp.ones(n), jnp.zeros(pad)]).reshape(n_chunks, chunk)
-    return run(args, jax.tree.map(prep, data), w)
-
-  return call
+  def body(acc, inp):
+    i, b, wb = inp
+    return jax.tree.map(jnp.add, acc, fn(args, b, wb.astype(init_dtype(acc)), i)), None
+  acc, _ = jax.lax.scan(body, init, (jnp.arange(n_chunks), chunks, w))
+  return acc
 
 
 def init_dtype(tree) -> jnp.dtype:
+  """The dtype of the first floating leaf of `tree` (float32 when it has none)."""
   leaves = [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
   return leaves[0].dtype if leaves else jnp.float32
 

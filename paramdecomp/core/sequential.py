@@ -58,57 +58,36 @@ def from_flax(module, methods: Sequence[str], names: Sequence[str], input_method
   return from_functions(layers, names, input_fn, bias_pattern)
 
 
-def apply(seq: Sequential, params: PyTree, x: jax.Array) -> jax.Array:
-  """The model's output: every layer at c = 1."""
-  return forward_from(seq, params, 0, seq.input_fn(params, x))
-
-
-def forward_from(seq: Sequential, params: PyTree, k: int, f: jax.Array, c=1.0) -> jax.Array:
-  """Run layers k, k+1, ... from node k's activation f (every bias scaled by c)."""
-  for layer in seq.layers[k:]:
+def forward_from(seq: Sequential, params: PyTree, f: jax.Array, node: int,
+                 stop: int | None = None, c=1.0) -> jax.Array:
+  """Node `stop`'s activation (default: the output) from node `node`'s activation f: layers
+  node..stop-1, every bias scaled by c. The one layer loop that every other function uses."""
+  stop = len(seq.layers) if stop is None else stop
+  if not 0 <= node <= stop <= len(seq.layers):
+    raise ValueError(f"nodes {node}->{stop} outside 0..{len(seq.layers)}")
+  for layer in seq.layers[node:stop]:
     f = layer(params, f, c)
   return f
 
 
+def activation(seq: Sequential, params: PyTree, x: jax.Array, node: int) -> jax.Array:
+  """Node `node`'s activation for input x (with x's leading axes): layers 0..node-1 at c = 1."""
+  return forward_from(seq, params, seq.input_fn(params, x), 0, node)
+
+
+def apply(seq: Sequential, params: PyTree, x: jax.Array) -> jax.Array:
+  """The model's output: every layer at c = 1."""
+  return activation(seq, params, x, len(seq.layers))
+
+
 def node_activations(seq: Sequential, params: PyTree, x: jax.Array) -> list[jax.Array]:
-  """[f^0, ..., f^L] for a batch x (each with x's leading axes)."""
+  """[f^0, ..., f^L] for input x (each with x's leading axes)."""
   acts = [seq.input_fn(params, x)]
-  for layer in seq.layers:
-    acts.append(layer(params, acts[-1], 1.0))
+  for k in range(len(seq.layers)):
+    acts.append(forward_from(seq, params, acts[-1], k, k + 1))
   return acts
 
 
-def section(seq: Sequential, params: PyTree, start: int, stop: int) -> Callable:
-  """``(f^start, c) -> f^stop``: layers start..stop-1 composed."""
-  if not 0 <= start <= stop <= len(seq.layers):
-    raise ValueError(f"section {start}->{stop} outside 0..{len(seq.layers)}")
-
-  def fn(f, c=1.0):
-    for layer in seq.layers[start:stop]:
-      f = layer(params, f, c)
-    return f
-  return fn
-
-
-def jacobian(seq: Sequential, params: PyTree, k: int, f: jax.Array) -> jax.Array:
-  """d f^{k+1} / d f^k at one sample f: [*out_shape, *in_shape] (reverse mode when the output is
-  the smaller side, forward mode otherwise)."""
-  fn = lambda v: seq.layers[k](params, v, 1.0)  # noqa: E731
-  out = jax.eval_shape(fn, f)
-  jac = jax.jacrev if out.size <= f.size else jax.jacfwd
-  return jac(fn)(f)
-
-
-def layer_jvp(seq: Sequential, params: PyTree, k: int, f: jax.Array, v: jax.Array):
-  """(f^{k+1}, J v) at f for a tangent v shaped like f."""
-  return jax.jvp(lambda a: seq.layers[k](params, a, 1.0), (f,), (v,))
-
-
-def layer_vjp(seq: Sequential, params: PyTree, k: int, f: jax.Array, u: jax.Array) -> jax.Array:
-  """u^T J at f for a cotangent u shaped like f^{k+1}."""
-  _, pull = jax.vjp(lambda a: seq.layers[k](params, a, 1.0), f)
-  return pull(u)[0]
-
-
 def constant_like(f: jax.Array, c) -> jax.Array:
+  """The constant coordinate c for activations f [..., d]: [..., 1] in f's dtype."""
   return jnp.broadcast_to(jnp.asarray(c, f.dtype), f.shape[:-1] + (1,))

@@ -1,8 +1,10 @@
 """Node and edge ablations of a basis (docs/methods/lib.md §5.4): how many directions and edges a
 model needs to keep its performance.
 
-Scores are per-sample functions ``score_fn(output [B, ...], y [B]) -> {name: [B]}`` averaged over
-the evaluation data in jitted, chunked scans (`scan.dataset_sum`).
+Scores are weighted means ``score_fn(output [B, ...], y [B], weights [B]) -> {name: scalar}``
+(e.g. `core.metrics.classification`) over the evaluation data, summed in jitted, chunked scans
+(`scan.dataset_sum`, compiled once per shape: the basis and mask are traced arguments, so every
+point of a curve or bisection reuses one program).
 """
 from __future__ import annotations
 
@@ -11,17 +13,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from paramdecomp.core import scan
+from paramdecomp.core import scan, sequential
 from paramdecomp.methods import lib
-from paramdecomp.methods.lib import NodeBasis, View
-
-
-def classifier_scores(logits: jax.Array, y: jax.Array) -> dict:
-  """Per-sample cross-entropy and correctness of logits [B, K] against labels [B]."""
-  return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, y),
-          "accuracy": (jnp.argmax(logits, -1) == y).astype(logits.dtype)}
+from paramdecomp.methods.lib import NodeBasis
 
 
 def exponential_schedule(n: int, cutoff: int = 10, base: float = 1.05) -> list[int]:
@@ -39,57 +34,62 @@ def exponential_schedule(n: int, cutoff: int = 10, base: float = 1.05) -> list[i
   return list(dict.fromkeys(v for v in out if 0 <= v <= n))
 
 
-def run_from(seq, params, view: View, l: int, fa: jax.Array) -> jax.Array:
-  """The model's output from node l's augmented activation fa [T, D] of one sample."""
-  for k in range(l, view.last):
-    fa = lib.aug_section(seq, params, view, k, k + 1)(fa)
-  return fa.reshape(view.shapes[view.last])
+def _score_chunk(seq, view, node, resume, transform, score_fn, args, batch, w, i):
+  """Σ_b w_b scores when node `node`'s augmented activations pass through ``transform(view, p,
+  targs, fa)`` to node `resume`'s, and the model runs on from there."""
+  p, targs = args
+  xb, yb = batch
+
+  def one(fa):
+    f, c = lib.unaugment(transform(view, p, targs, fa), resume, view)
+    return sequential.forward_from(seq, p, f, resume, None, c)
+  out = jax.vmap(one)(lib.node_acts(seq, p, xb, node))
+  return {k: v * jnp.sum(w) for k, v in score_fn(out, yb, w).items()}
 
 
-def _scorer(seq, view, l, score_fn, transform, chunk: int) -> Callable:
-  """``(params, targs, x, y) -> mean scores`` when node l's activations pass through
-  ``transform(params, targs, fa)`` (compiled once for all targs)."""
-
-  def fn(args, batch, w, i):
-    p, ta = args
-    xb, yb = batch
-    fa = lib.node_acts(seq, p, view, l, xb)
-    out = jax.vmap(lambda f: run_from(seq, p, view, l, transform(p, ta, f)))(fa)
-    return {k: jnp.sum(w * v) for k, v in score_fn(out, yb).items()}
-
-  summed = scan.chunked_sum(fn, chunk)
-
-  def score(params, targs, x, y):
-    n = jax.tree.leaves(x)[0].shape[0]
-    return {k: float(v) / n for k, v in summed((params, targs), (x, y)).items()}
-  return score
+def _prepare(seq, params, x, dtype):
+  """(params, x, view, dtype) with params and x in `dtype` (default: the params' own), once per
+  curve or bisection rather than once per point."""
+  dtype = dtype or scan.init_dtype(params)
+  params, x = scan.cast(params, dtype), scan.cast(x, dtype)
+  return params, x, lib.view_of(seq, params, jax.tree.map(lambda a: a[0], x)), dtype
 
 
-def node_ablation_curve(seq, params, x, y, basis: NodeBasis, l: int, score_fn: Callable,
+def _mean_scores(seq, view, params, x, y, node: int, resume: int, transform, targs, score_fn,
+                 chunk_size: int, dtype) -> dict:
+  """Mean scores over (x, y) with `transform` between node and resume (see `_score_chunk`);
+  params and x already in `dtype`."""
+  fn = scan.bind(_score_chunk, seq, view, node, resume, transform, score_fn)
+  sums = scan.dataset_sum(fn, (params, scan.cast(targs, dtype)), (x, y), chunk_size)
+  n = jax.tree.leaves(x)[0].shape[0]
+  return {k: float(v) / n for k, v in sums.items()}
+
+
+def _project(view, p, targs, fa):
+  """fa projected onto the kept basis directions, f -> ((f C) ⊙ mask) C⁺; the identity when the
+  last mask entry is set (the unablated node)."""
+  mask, c, c_pinv = targs
+  return jnp.where(mask[-1] > 0, fa, ((fa @ c) * mask[:-1]) @ c_pinv)
+
+
+def node_ablation_curve(seq, params, x, y, node: int, basis: NodeBasis, score_fn: Callable,
                         schedule: list[int] | None = None, chunk_size: int = 512,
                         dtype=None) -> list[dict]:
-  """Scores with node l projected onto its r most important directions, f -> f C[:, :r] C⁺[:r].
+  """Scores with a node projected onto its r most important directions, f -> f C[:, :r] C⁺[:r].
 
   Indexed by the number of *original* dimensions ablated, a (schedule default: §5.4's
   exponential one): r = max(min(n - a, k), 0) with n the node's dimension (constant included)
   and k the kept basis size. a = 0 runs the node unchanged (the identity, not C C⁺).
   """
-  dtype = dtype or scan.init_dtype(params)
-  params, x = scan.cast(params, dtype), scan.cast(x, dtype)
-  view = lib.view_of(seq, params, jax.tree.map(lambda a: a[0], x))
   n, k = basis.C.shape
-  c, c_pinv = jnp.asarray(basis.C, dtype), jnp.asarray(basis.C_pinv, dtype)
   schedule = exponential_schedule(n) if schedule is None else schedule
-
-  def transform(p, mask, fa):
-    return jnp.where(mask[-1] > 0, fa, ((fa @ c) * mask[:-1]) @ c_pinv)
-
-  scorer = _scorer(seq, view, l, score_fn, transform, chunk_size)
+  params, x, view, dtype = _prepare(seq, params, x, dtype)
   curve = []
   for a in sorted(schedule):
     r = max(min(n - a, k), 0)
-    mask = jnp.asarray(np.r_[np.arange(k) < r, a == 0], dtype)
-    s = scorer(params, mask, x, y)
+    targs = (np.r_[np.arange(k) < r, a == 0].astype(np.float64), basis.C, basis.C_pinv)
+    s = _mean_scores(seq, view, params, x, y, node, node, _project, targs, score_fn, chunk_size,
+                     dtype)
     curve.append({"n_ablated": a, "n_kept": n - a, "n_basis_kept": r, **s})
   return curve
 
@@ -119,45 +119,33 @@ def edge_mask(e: np.ndarray, n_edges: int, n_const_in: int) -> np.ndarray:
   return mask
 
 
-def edge_ablation_scorer(seq, params, x, basis_in: NodeBasis, basis_out: NodeBasis, l: int,
-                         score_fn: Callable, chunk_size: int = 256, dtype=None) -> Callable:
-  """``(mask, x, y) -> mean scores`` when each basis feature i of node l+1 is computed from the
-  node-l features it keeps (mask [k_out, k_in], mask[i, j] = 1), the others set to 0, and rotated
-  back with C⁺ (§5.4). Compiled once for all masks."""
-  dtype = dtype or scan.init_dtype(params)
-  params = scan.cast(params, dtype)
-  view = lib.view_of(seq, params, jax.tree.map(lambda a: a[0], scan.cast(x, dtype)))
-  c_in, c_in_pinv = jnp.asarray(basis_in.C, dtype), jnp.asarray(basis_in.C_pinv, dtype)
-  c_out, c_out_pinv = jnp.asarray(basis_out.C, dtype), jnp.asarray(basis_out.C_pinv, dtype)
-  k_out = c_out.shape[1]
+def _edge_transform(seq, node, view, p, targs, fa):
+  """Node `node`'s augmented activation -> node + 1's, each basis feature i of node + 1 computed
+  from the node features it keeps (mask[i, j] = 1; the others set to 0), rotated back with C⁺."""
+  mask, c_in, c_in_pinv, c_out, c_out_pinv = targs
+  h = fa @ c_in
 
-  def transform(p, m, fa):   # node l's augmented activation -> node l+1's
-    sec = lib.aug_section(seq, p, view, l, l + 1)
-    h = fa @ c_in
-    outs = jax.vmap(lambda mi, i: (sec((h * mi) @ c_in_pinv) @ c_out)[:, i])(m, jnp.arange(k_out))
-    return outs.T @ c_out_pinv
-
-  def fn(args, batch, w, i):
-    p, m = args
-    xb, yb = batch
-    fa = lib.node_acts(seq, p, view, l, xb)
-    out = jax.vmap(lambda f: run_from(seq, p, view, l + 1, transform(p, m, f)))(fa)
-    return {k: jnp.sum(w * v) for k, v in score_fn(out, yb).items()}
-
-  summed = scan.chunked_sum(fn, chunk_size)
-
-  def score(mask, x, y):
-    n = jax.tree.leaves(x)[0].shape[0]
-    sums = summed((params, jnp.asarray(mask, dtype)), (scan.cast(x, dtype), y))
-    return {k: float(v) / n for k, v in sums.items()}
-  return score
+  def feature(mi, i):
+    return (lib.aug_forward(seq, p, (h * mi) @ c_in_pinv, node, node + 1, view) @ c_out)[:, i]
+  outs = jax.vmap(feature)(mask, jnp.arange(c_out.shape[1]))
+  return outs.T @ c_out_pinv
 
 
-def edge_ablation_scores(seq, params, x, y, basis_in, basis_out, l, mask, score_fn,
-                         chunk_size: int = 256, dtype=None) -> dict:
-  """Mean scores with the edges of E^l outside `mask` ablated (see `edge_ablation_scorer`)."""
-  return edge_ablation_scorer(seq, params, x, basis_in, basis_out, l, score_fn, chunk_size,
-                              dtype)(mask, x, y)
+def edge_ablation_scores(seq, params, x, y, node: int, basis_in: NodeBasis, basis_out: NodeBasis,
+                         mask: np.ndarray, score_fn: Callable, chunk_size: int = 256,
+                         dtype=None) -> dict:
+  """Mean scores with the edges of E^node outside `mask` [k_out, k_in] ablated (§5.4): each basis
+  feature i of node + 1 is computed from the node features j with mask[i, j] = 1 only."""
+  params, x, view, dtype = _prepare(seq, params, x, dtype)
+  return _edge_scores(seq, view, params, x, y, node, basis_in, basis_out, mask, score_fn,
+                      chunk_size, dtype)
+
+
+def _edge_scores(seq, view, params, x, y, node, basis_in, basis_out, mask, score_fn, chunk_size,
+                 dtype) -> dict:
+  targs = (mask, basis_in.C, basis_in.C_pinv, basis_out.C, basis_out.C_pinv)
+  return _mean_scores(seq, view, params, x, y, node, node + 1,
+                      scan.bind(_edge_transform, seq, node), targs, score_fn, chunk_size, dtype)
 
 
 def edge_threshold(e: np.ndarray, n_edges: int, n_const_in: int) -> float:
@@ -177,19 +165,19 @@ def bisect(ok: Callable[[int], bool], lo: int, hi: int) -> int:
   return hi
 
 
-def edges_needed(seq, params, x, y, basis_in, basis_out, l, e, score_fn, base: float,
-                 tolerance: float = 1e-3, key: str = "accuracy", chunk_size: int = 256,
-                 dtype=None) -> tuple[int, list]:
-  """Minimal number of (non-constant) edges of E^l keeping `key` >= base - tolerance, by
+def edges_needed(seq, params, x, y, node: int, basis_in: NodeBasis, basis_out: NodeBasis,
+                 e: np.ndarray, score_fn: Callable, base: float, tolerance: float = 1e-3,
+                 key: str = "accuracy", chunk_size: int = 256, dtype=None) -> tuple[int, list]:
+  """Minimal number of (non-constant) edges of E^node keeping `key` >= base - tolerance, by
   bisection (§5.4); returns it with the evaluated (K, score) pairs."""
   n_const = basis_in.n_const
   total = e[:, n_const:].size
+  params, x, view, dtype = _prepare(seq, params, x, dtype)
   trace = []
-  scorer = edge_ablation_scorer(seq, params, x, basis_in, basis_out, l, score_fn, chunk_size,
-                                dtype)
 
   def ok(n_edges):
-    s = scorer(edge_mask(e, n_edges, n_const), x, y)
+    s = _edge_scores(seq, view, params, x, y, node, basis_in, basis_out,
+                     edge_mask(e, n_edges, n_const), score_fn, chunk_size, dtype)
     trace.append((n_edges, s[key]))
     return s[key] >= base - tolerance
 

@@ -1,7 +1,7 @@
 """Degeneracy measures and the modularity metric of the interaction-basis paper (docs/methods/ib.md)
 
 * activation degeneracy: null directions of a node's Gram matrix (`rank_deficiency` of
-  `lib.gram`'s eigenvalues);
+  `lib.node_moments`' Gram eigenvalues);
 * Jacobian (gradient) degeneracy: null directions of K = E[Jᵀ J], J = ∂ output / ∂ node
   (`jacobian_gram`);
 * synchronised nonlinearities: neurons that fire on the same data points (`firing_groups`);
@@ -19,8 +19,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from paramdecomp.core import scan
-from paramdecomp.core import sequential
+from paramdecomp.core import scan, sequential
 
 
 def rank_deficiency(eigenvalues, tol: float, relative: bool = False) -> int:
@@ -30,21 +29,18 @@ def rank_deficiency(eigenvalues, tol: float, relative: bool = False) -> int:
   return int((ev <= thr).sum())
 
 
-def jacobian_gram(seq, params, x, l: int, chunk_size: int = 128) -> np.ndarray:
-  """K = (1/N) Σ_x Jᵀ J with J = ∂ f^L / ∂ f^l (flattened node l) at every sample of x."""
+def _jacobian_gram_chunk(seq, node, p, xb, w, i):
+  def one(a):
+    j = jax.jacrev(lambda v: sequential.forward_from(seq, p, v, node).ravel())(a)
+    return j.reshape(j.shape[0], -1)
+  js = jax.vmap(one)(sequential.activation(seq, p, xb, node))
+  return jnp.einsum("b,boi,boj->ij", w, js, js)
 
-  def fn(p, xb, w, i):
-    acts = seq.input_fn(p, xb)
-    for layer in seq.layers[:l]:
-      acts = layer(p, acts, 1.0)
 
-    def one(a):
-      j = jax.jacrev(lambda v: sequential.forward_from(seq, p, l, v).ravel())(a)
-      return j.reshape(j.shape[0], -1)
-    js = jax.vmap(one)(acts)
-    return jnp.einsum("b,boi,boj->ij", w, js, js)
-
-  k = scan.dataset_sum(fn, params, x, chunk_size)
+def jacobian_gram(seq, params, x, node: int, chunk_size: int = 128) -> np.ndarray:
+  """K = (1/N) Σ_x Jᵀ J [d, d] with J = ∂ f^L / ∂ f^node (node flattened to d) at every sample
+  of x."""
+  k = scan.dataset_sum(scan.bind(_jacobian_gram_chunk, seq, node), params, x, chunk_size)
   return np.asarray(k, np.float64) / jax.tree.leaves(x)[0].shape[0]
 
 

@@ -6,14 +6,24 @@ the following layer multiply (bias folding). Activations per sample are handled 
 (positions × features; T = 1 for flat nodes). Row convention as in the reference code:
 LIB activations are ``f_hat = f C`` and ``f ≈ f_hat C⁺``.
 
+LIB's surface. LIB is not gradient-trained, so it has no init / loss / make_update; a build is
+    `default_config()`, `validate(cfg)`;
+    `node_moments(seq, params, x, cfg)`: each node's (μ, E[f fᵀ]) over data x (§5.2 steps 1-3);
+    `bases_from_moments(seq, params, x, moments, cfg)` -> [NodeBasis] (steps 4a-h, last node
+    first), or `build_bases(seq, params, x, cfg)` for both;
+    `build_edges(seq, params, x, bases, cfg)` -> [E^l] (§5.3).
+Every public function takes ``(seq, params, x, node, ...)`` in that order (as do the ablation and
+degeneracy functions). `runs/build_lib.py` joins them with ablations and degeneracy into a run.
+
 Dataset sums (Gram matrices, Jacobian moments, edges, ablation scores) run in jitted `lax.scan`s
-over chunks of the data, with the params a traced argument; the eigendecompositions run on the
-host in float64.
+over chunks of the data (`core.scan`, compiled once per shape: params and bases are traced
+arguments, the view and config static); the eigendecompositions run on the host in float64.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -55,6 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Raise ConfigError naming the first unknown or invalid field of a LIB config."""
   cfglib.check_fields(cfg, default_config())
   cfglib.one_of(cfg, "formula", FORMULAS)
   cfglib.one_of(cfg, "integration", INTEGRATION)
@@ -117,58 +128,89 @@ class View(NamedTuple):
 
 def view_of(seq: Sequential, params: PyTree, x_one: jax.Array) -> View:
   """Node shapes of `seq` from one sample's abstract evaluation."""
-  shapes, f = [], jax.eval_shape(seq.input_fn, params, x_one)
-  shapes.append(f.shape)
-  for layer in seq.layers:
-    f = jax.eval_shape(lambda p, v, layer=layer: layer(p, v, 1.0), params, f)
-    shapes.append(f.shape)
+  shapes = tuple(a.shape for a in jax.eval_shape(
+      functools.partial(sequential.node_activations, seq), params, x_one))
   td = []
   for s in shapes:
     if len(s) not in (1, 2):
       raise ValueError(f"node shapes must be [d] or [T, d] per sample, got {shapes}")
     td.append((1, s[0]) if len(s) == 1 else tuple(s))
-  return View(tuple(shapes), tuple(td))
+  return View(shapes, tuple(td))
 
 
-def node_acts(seq: Sequential, params: PyTree, view: View, l: int, x: jax.Array) -> jax.Array:
-  """Node l's activations for a batch x, augmented with the constant: [B, T, dim(l)]."""
-  f = seq.input_fn(params, x)
-  for layer in seq.layers[:l]:
-    f = layer(params, f, 1.0)
-  t, d = view.td[l]
-  f = f.reshape((x.shape[0], t, d))
-  return f if l == view.last else jnp.concatenate([f, sequential.constant_like(f, 1.0)], -1)
+def _view(seq: Sequential, params: PyTree, x) -> View:
+  return view_of(seq, params, jax.tree.map(lambda a: a[0], x))
 
 
-def aug_section(seq: Sequential, params: PyTree, view: View, start: int, stop: int) -> Callable:
-  """Layers start..stop-1 as a map of augmented activations [T_in, D_in] -> [T_out, D_out].
-
-  The biases are scaled by the mean of the input's constant coordinates, and the output's
-  constant coordinate carries that value on (§5.2 step 0)."""
-
-  def g(fa):
-    c = jnp.mean(fa[:, -1])
-    f = fa[:, :-1].reshape(view.shapes[start])
-    for layer in seq.layers[start:stop]:
-      f = layer(params, f, c)
-    out = f.reshape(view.td[stop])
-    if stop != view.last:
-      out = jnp.concatenate([out, sequential.constant_like(out, c)], -1)
-    return out
-  return g
+def augment(f: jax.Array, c, node: int, view: View) -> jax.Array:
+  """One sample's node activation (model shape) as [T, D]: with the constant c appended
+  (no constant on the last node)."""
+  f = f.reshape(view.td[node])
+  return f if node == view.last else jnp.concatenate([f, sequential.constant_like(f, c)], -1)
 
 
-def gram(seq: Sequential, params: PyTree, view: View, l: int, x, chunk_size: int = 128):
-  """(mean μ [D], uncentred second moment E[f fᵀ] [D, D]) of node l over x and positions."""
-  t = view.td[l][0]
+def unaugment(fa: jax.Array, node: int, view: View):
+  """(f in the model's node shape, c) of one sample's augmented activation fa [T, D]; c is the
+  mean of its constant coordinates (1 unless an ablation moved them; 1 on the last node)."""
+  if node == view.last:
+    return fa.reshape(view.shapes[node]), jnp.ones((), fa.dtype)
+  return fa[:, :-1].reshape(view.shapes[node]), jnp.mean(fa[:, -1])
 
-  def fn(p, xb, w, i):
-    f = node_acts(seq, p, view, l, xb)
-    return jnp.einsum("b,bsi->i", w, f), jnp.einsum("b,bsi,bsj->ij", w, f, f)
 
-  s1, s2 = scan.dataset_sum(fn, params, x, chunk_size)
-  n = jax.tree.leaves(x)[0].shape[0] * t
-  return np.asarray(s1, np.float64) / n, np.asarray(s2, np.float64) / n
+def node_acts(seq: Sequential, params: PyTree, x: jax.Array, node: int) -> jax.Array:
+  """Node `node`'s activations for a batch x, augmented with the constant: [B, T, dim(node)]."""
+  return _batch_augment(sequential.activation(seq, params, x, node), node == len(seq.layers))
+
+
+def _batch_augment(f: jax.Array, last: bool) -> jax.Array:
+  """A batch of node activations [B, d] or [B, T, d] as [B, T, D] (constant appended unless
+  `last`)."""
+  f = f.reshape((f.shape[0], -1, f.shape[-1]))
+  return f if last else jnp.concatenate([f, sequential.constant_like(f, 1.0)], -1)
+
+
+def aug_forward(seq: Sequential, params: PyTree, fa: jax.Array, node: int, stop: int,
+                view: View) -> jax.Array:
+  """Layers node..stop-1 as a map of one sample's augmented activations [T_in, D_in] ->
+  [T_out, D_out]: the biases are scaled by the mean of the input's constant coordinates, and
+  the output's constant coordinate carries that value on (§5.2 step 0)."""
+  f, c = unaugment(fa, node, view)
+  return augment(sequential.forward_from(seq, params, f, node, stop, c), c, stop, view)
+
+
+def _moments_chunk(seq, nodes, p, xb, w, i):
+  acts = sequential.node_activations(seq, p, xb)   # one forward pass for every node
+  out = []
+  for node in nodes:
+    f = acts[node].reshape((-1, acts[node].shape[-1]))                 # [B·T, d]
+    fw = f * jnp.repeat(w, f.shape[0] // w.shape[0])[:, None]
+    out.append((fw.sum(0), fw.T @ f))
+  return out
+
+
+def _moments(seq, params, x, nodes: tuple, chunk_size: int) -> list[tuple]:
+  """[(mean μ [D], uncentred second moment E[f fᵀ] [D, D])] of the given nodes (augmented; over
+  samples and positions), summed in one scan over x.
+
+  The constant coordinate's moments are assembled here, not summed (E[1] = 1, E[f·1] = μ):
+  concatenating it inside the scan makes the program much slower to compile."""
+  sums = scan.dataset_sum(scan.bind(_moments_chunk, seq, nodes), params, x, chunk_size)
+  view, n = _view(seq, params, x), jax.tree.leaves(x)[0].shape[0]
+  out = []
+  for l, (s1, s2) in zip(nodes, sums):
+    count = n * view.td[l][0]
+    mu, second = np.asarray(s1, np.float64) / count, np.asarray(s2, np.float64) / count
+    if l != view.last:
+      mu, second = np.r_[mu, 1.0], np.block([[second, mu[:, None]], [mu[None, :], np.ones((1, 1))]])
+    out.append((mu, second))
+  return out
+
+
+def node_moments(seq: Sequential, params: PyTree, x, cfg) -> list[tuple]:
+  """[(μ, E[f fᵀ])] of every node over x in cfg.dtype, in one pass (§5.2 steps 1-3)."""
+  validate(cfg)
+  params, x = scan.cast(params, cfg.dtype), scan.cast(x, cfg.dtype)
+  return _moments(seq, params, x, tuple(range(len(seq.layers) + 1)), cfg.chunk_size)
 
 
 def centering_matrix(mu: np.ndarray) -> np.ndarray:
@@ -244,55 +286,58 @@ def _cotangents(cfg, key, t_out: int, k_out: int, dtype) -> jax.Array:
   return jnp.eye(t_out * k_out, dtype=dtype).reshape(t_out * k_out, t_out, k_out)
 
 
-def jacobian_moments(seq, params, view, l, stop, c_next, x, cfg):
-  """M' [D, D] of node l (§5.2 d), and for the g-formulas also Λ' = E[g fᵀ] (else None).
+def _jacobian_chunk(seq, view, node, stop, cfg, args, xb, w, i):
+  p, cn, al, wt = args
+  g_hat = lambda fa: aug_forward(seq, p, fa, node, stop, view) @ cn  # noqa: E731
+  fa = node_acts(seq, p, xb, node)
+  keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(cfg.seed), i), fa.shape[0])
+  t_out, k_out = view.td[stop][0], cn.shape[1]
 
-  The map differentiated is f -> aug_section(l, stop)(f) C_next, integrated over alpha with the
-  config's rule; sums run over samples and input positions and are divided by N·T_in."""
+  def per_sample(f1, key):
+    if cfg.formula == "jacobian":
+      cot = _cotangents(cfg, key, t_out, k_out, f1.dtype)
+
+      def at(a):
+        _, pull = jax.vjp(g_hat, a * f1)
+        return jax.vmap(lambda u: pull(u)[0])(cot)
+      jbar = jnp.tensordot(wt, jax.vmap(at)(al), 1)          # [n_c, T_in, D]
+      return jnp.einsum("csi,csj->ij", jbar, jbar), jnp.zeros(())
+    out1 = g_hat(f1)
+    if cfg.formula == "(1-alpha)^2":
+      scalar = lambda a: -jnp.sum((out1 - g_hat(a)) ** 2)  # noqa: E731
+    else:
+      ref = out1 - g_hat(jnp.zeros_like(f1))
+      scalar = lambda a: jnp.sum(g_hat(a) * ref)  # noqa: E731
+    g = jnp.tensordot(wt, jax.vmap(lambda a: jax.grad(scalar)(a * f1))(al), 1)  # [T_in, D]
+    return jnp.einsum("si,sj->ij", g, g), jnp.einsum("si,sj->ij", g, f1)
+
+  m, lam = jax.vmap(per_sample)(fa, keys)
+  return jnp.einsum("b,bij->ij", w, m), jnp.einsum("b,b...->...", w, lam)
+
+
+def jacobian_moments(seq: Sequential, params: PyTree, x, node: int, c_next, cfg,
+                     stop: int | None = None):
+  """M' [D, D] of a node (§5.2 d), and for the g-formulas also Λ' = E[g fᵀ] (else None).
+
+  The map differentiated is f -> aug_forward(node -> stop)(f) C_next (stop default node + 1),
+  integrated over alpha with the config's rule; sums run over samples and input positions and
+  are divided by N·T_in."""
+  stop = node + 1 if stop is None else stop
+  view = _view(seq, params, x)
   alphas, weights = integration_points(cfg.integration, cfg.n_intervals)
   dtype = jnp.dtype(cfg.dtype)
-  t_out, k_out = view.td[stop][0], c_next.shape[1]
-  formula = cfg.formula
-
-  def fn(args, xb, w, i):
-    p, cn, al, wt = args
-    sec = aug_section(seq, p, view, l, stop)
-    g_hat = lambda fa: sec(fa) @ cn  # noqa: E731
-    fa = node_acts(seq, p, view, l, xb)
-    keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(cfg.seed), i), fa.shape[0])
-
-    def per_sample(f1, key):
-      if formula == "jacobian":
-        cot = _cotangents(cfg, key, t_out, k_out, f1.dtype)
-
-        def at(a):
-          _, pull = jax.vjp(g_hat, a * f1)
-          return jax.vmap(lambda u: pull(u)[0])(cot)
-        jbar = jnp.tensordot(wt, jax.vmap(at)(al), 1)          # [n_c, T_in, D]
-        return jnp.einsum("csi,csj->ij", jbar, jbar), jnp.zeros(())
-      out1 = g_hat(f1)
-      if formula == "(1-alpha)^2":
-        scalar = lambda a: -jnp.sum((out1 - g_hat(a)) ** 2)  # noqa: E731
-      else:
-        ref = out1 - g_hat(jnp.zeros_like(f1))
-        scalar = lambda a: jnp.sum(g_hat(a) * ref)  # noqa: E731
-      g = jnp.tensordot(wt, jax.vmap(lambda a: jax.grad(scalar)(a * f1))(al), 1)  # [T_in, D]
-      return jnp.einsum("si,sj->ij", g, g), jnp.einsum("si,sj->ij", g, f1)
-
-    m, lam = jax.vmap(per_sample)(fa, keys)
-    return jnp.einsum("b,bij->ij", w, m), jnp.einsum("b,b...->...", w, lam)
-
   args = (params, jnp.asarray(c_next, dtype), jnp.asarray(alphas, dtype),
           jnp.asarray(weights, dtype))
+  fn = scan.bind(_jacobian_chunk, seq, view, node, stop, ml_collections.FrozenConfigDict(cfg))
   m, lam = scan.dataset_sum(fn, args, x, cfg.chunk_size)
-  n = jax.tree.leaves(x)[0].shape[0] * view.td[l][0]
+  n = jax.tree.leaves(x)[0].shape[0] * view.td[node][0]
   m = np.asarray(m, np.float64) / n
-  return m, (None if formula == "jacobian" else np.asarray(lam, np.float64) / n)
+  return m, (None if cfg.formula == "jacobian" else np.asarray(lam, np.float64) / n)
 
 
-def final_basis(mu, second, view: View, cfg) -> NodeBasis:
+def final_basis(mu, second, cfg) -> NodeBasis:
   """The last node: identity, or with rotate_final its uncentred PCA rotation (no whitening)."""
-  d = view.td[view.last][1]
+  d = second.shape[0]
   eig = np.sort(np.abs(np.linalg.eigvalsh(second)))[::-1]
   if not cfg.rotate_final:
     return NodeBasis(np.eye(d), np.eye(d), np.diag(second).copy(), eig, 0)
@@ -303,28 +348,32 @@ def final_basis(mu, second, view: View, cfg) -> NodeBasis:
   return NodeBasis(u[:, keep], u[:, keep].T, lam[keep], eig, 0)
 
 
-def node_basis(seq, params, view, l, mu, second, next_basis: NodeBasis | None, x, cfg,
-               target_basis: NodeBasis | None = None) -> NodeBasis:
-  """Steps 4a-h for node l < L given the next node's basis (or the final node's for
-  jacobian_target = output)."""
+def neuron_basis(second) -> NodeBasis:
+  """The neuron baseline of a node with a constant: the coordinates, constant first, then by
+  decreasing E[f_i²]."""
+  diag = np.diag(second)
+  order = np.r_[len(diag) - 1, np.argsort(-diag[:-1], kind="stable")]
+  perm = np.eye(len(diag))[:, order]
+  eig = np.sort(np.abs(np.linalg.eigvalsh(second)))[::-1]
+  return NodeBasis(perm, perm.T, diag[order], eig, 1)
+
+
+def node_basis(seq: Sequential, params: PyTree, x, node: int, moments, next_basis: NodeBasis,
+               cfg, target_basis: NodeBasis | None = None) -> NodeBasis:
+  """Steps 4a-h for a node < L from its moments (μ, E[f fᵀ]) given the next node's basis (or,
+  for jacobian_target = output, the final node's `target_basis`)."""
+  mu, second = moments
   tau = cfg.truncation_threshold
-  has_const = l != view.last
-  formula = cfg.formula
-  center = cfg.center or formula == "pca"
-  if formula == "neuron":
-    diag = np.diag(second)
-    order = np.r_[len(diag) - 1, np.argsort(-diag[:-1], kind="stable")] if has_const else (
-        np.argsort(-diag, kind="stable"))
-    perm = np.eye(len(diag))[:, order]
-    eig = np.sort(np.abs(np.linalg.eigvalsh(second)))[::-1]
-    return NodeBasis(perm, perm.T, diag[order], eig, int(has_const))
-  d, _, w, w_pinv, n_const, eig = gram_eigenbasis(mu, second, center, has_const, tau)
-  if formula in ("svd", "pca"):
+  if cfg.formula == "neuron":
+    return neuron_basis(second)
+  d, _, w, w_pinv, n_const, eig = gram_eigenbasis(mu, second, cfg.center or cfg.formula == "pca",
+                                                  True, tau)
+  if cfg.formula in ("svd", "pca"):
     return NodeBasis(w, w_pinv, d, eig, n_const)
   r, r_pinv = w / np.sqrt(d), np.sqrt(d)[:, None] * w_pinv
-  stop, tgt = (l + 1, next_basis) if cfg.jacobian_target == "next_layer" else (
-      view.last, target_basis)
-  m_raw, lam_raw = jacobian_moments(seq, params, view, l, stop, tgt.C, x, cfg)
+  stop, tgt = (node + 1, next_basis) if cfg.jacobian_target == "next_layer" else (
+      len(seq.layers), target_basis)
+  m_raw, lam_raw = jacobian_moments(seq, params, x, node, tgt.C, cfg, stop=stop)
   m = r_pinv @ m_raw @ r_pinv.T
   m = (m + m.T) / 2
   lam, v = masked_eigh(m, n_const)
@@ -340,75 +389,75 @@ def node_basis(seq, params, view, l, mu, second, next_basis: NodeBasis | None, x
 
 def build_bases(seq: Sequential, params: PyTree, x, cfg) -> list[NodeBasis]:
   """Bases of every node of `seq` (last node first computed, §5.2 steps 1-4) over data x."""
-  validate(cfg)
-  params, x = scan.cast(params, cfg.dtype), scan.cast(x, cfg.dtype)
-  view = view_of(seq, params, jax.tree.map(lambda a: a[0], x))
-  moments = [gram(seq, params, view, l, x, cfg.chunk_size) for l in range(view.last + 1)]
-  return bases_from_moments(seq, params, view, moments, x, cfg)
+  return bases_from_moments(seq, params, x, node_moments(seq, params, x, cfg), cfg)
 
 
-def bases_from_moments(seq, params, view, moments, x, cfg) -> list[NodeBasis]:
-  """The bases given each node's (μ, E[f fᵀ]) (lets a caller time the Gram pass apart)."""
+def bases_from_moments(seq: Sequential, params: PyTree, x, moments, cfg) -> list[NodeBasis]:
+  """The bases given each node's (μ, E[f fᵀ]) from `node_moments` (lets a caller time or save
+  the Gram pass apart)."""
   validate(cfg)
   params, x = scan.cast(params, cfg.dtype), scan.cast(x, cfg.dtype)
-  bases = [None] * (view.last + 1)
-  bases[-1] = final_basis(*moments[-1], view, cfg)
-  for l in range(view.last - 1, -1, -1):
-    bases[l] = node_basis(seq, params, view, l, *moments[l], bases[l + 1], x, cfg, bases[-1])
+  chex.assert_equal(len(moments), len(seq.layers) + 1)
+  bases = [None] * len(moments)
+  bases[-1] = final_basis(*moments[-1], cfg)
+  for l in range(len(moments) - 2, -1, -1):
+    bases[l] = node_basis(seq, params, x, l, moments[l], bases[l + 1], cfg, bases[-1])
   return bases
 
 
 # --------------------------------------------------------------------------- edges
 
-def edges(seq, params, view, l, basis_in: NodeBasis, basis_out: NodeBasis, x, cfg) -> np.ndarray:
-  """Interaction strengths E [k_out, k_in] between the bases of nodes l and l+1 (§5.3)."""
+def _edge_chunk(seq, view, node, cfg, args, xb, w, i):
+  p, c_in, c_in_pinv, c_out, al, wt = args
+  t_out = view.td[node + 1][0]
+  k_in, k_out = c_in.shape[1], c_out.shape[1]
+  forward = cfg.edge_mode == "forward" or (cfg.edge_mode == "auto" and k_in <= t_out * k_out)
+  n_src = cfg.edge_stochastic_sources
+  f_hat = lambda h: aug_forward(seq, p, h @ c_in_pinv, node, node + 1, view) @ c_out  # noqa: E731
+  fh = node_acts(seq, p, xb, node) @ c_in                       # [B, T_in, k_in]
+  keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1), i), fh.shape[0])
+
+  def per_sample(h, key):
+    eye = jnp.eye(k_in, dtype=h.dtype)
+
+    def a_at(a):   # A[j, t, i] = Σ_s ∂F_ti/∂h_sj (a h) h_sj
+      if forward:
+        _, lin = jax.linearize(f_hat, a * h)
+        return jax.vmap(lambda e: lin(h * e))(eye)
+      jac = jax.jacrev(f_hat)(a * h)                            # [T_out, k_out, T_in, k_in]
+      return jnp.einsum("tisj,sj->jti", jac, h)
+    a_all = jax.vmap(a_at)(al)                                  # [n_alpha, k_in, T_out, k_out]
+    if cfg.edge_formula == "functional":
+      diff = f_hat(h)[None] - jax.vmap(lambda a: f_hat(a * h))(al)
+      return 2 * jnp.einsum("a,ati,ajti->ij", wt, diff, a_all)
+    abar = jnp.tensordot(wt, a_all, 1)
+    if n_src:
+      phi = jax.random.rademacher(key, (n_src, t_out), h.dtype) / math.sqrt(n_src)
+      abar = jnp.einsum("rt,jti->jri", phi, abar)
+    return jnp.einsum("jti->ij", abar ** 2)
+
+  e = jax.vmap(per_sample)(fh, keys)
+  return jnp.einsum("b,bij->ij", w, e)
+
+
+def edges(seq: Sequential, params: PyTree, x, node: int, basis_in: NodeBasis,
+          basis_out: NodeBasis, cfg) -> np.ndarray:
+  """Interaction strengths E [k_out, k_in] between the bases of nodes `node` and node + 1
+  (§5.3)."""
+  view = _view(seq, params, x)
   alphas, weights = integration_points(cfg.edge_integration, cfg.edge_n_intervals)
   dtype = jnp.dtype(cfg.dtype)
-  t_out = view.td[l + 1][0]
-  k_in, k_out = basis_in.C.shape[1], basis_out.C.shape[1]
-  functional = cfg.edge_formula == "functional"
-  n_src = cfg.edge_stochastic_sources
-  forward = cfg.edge_mode == "forward" or (cfg.edge_mode == "auto" and k_in <= t_out * k_out)
-
-  def fn(args, xb, w, i):
-    p, c_in, c_in_pinv, c_out, al, wt = args
-    sec = aug_section(seq, p, view, l, l + 1)
-    f_hat = lambda h: sec(h @ c_in_pinv) @ c_out  # noqa: E731
-    fh = node_acts(seq, p, view, l, xb) @ c_in                  # [B, T_in, k_in]
-    keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1), i), fh.shape[0])
-
-    def per_sample(h, key):
-      eye = jnp.eye(k_in, dtype=h.dtype)
-
-      def a_at(a):   # A[j, t, i] = Σ_s ∂F_ti/∂h_sj (a h) h_sj
-        if forward:
-          _, lin = jax.linearize(f_hat, a * h)
-          return jax.vmap(lambda e: lin(h * e))(eye)
-        jac = jax.jacrev(f_hat)(a * h)                          # [T_out, k_out, T_in, k_in]
-        return jnp.einsum("tisj,sj->jti", jac, h)
-      a_all = jax.vmap(a_at)(al)                                # [n_alpha, k_in, T_out, k_out]
-      if functional:
-        diff = f_hat(h)[None] - jax.vmap(lambda a: f_hat(a * h))(al)
-        return 2 * jnp.einsum("a,ati,ajti->ij", wt, diff, a_all)
-      abar = jnp.tensordot(wt, a_all, 1)
-      if n_src:
-        phi = jax.random.rademacher(key, (n_src, t_out), h.dtype) / math.sqrt(n_src)
-        abar = jnp.einsum("rt,jti->jri", phi, abar)
-      return jnp.einsum("jti->ij", abar ** 2)
-
-    e = jax.vmap(per_sample)(fh, keys)
-    return jnp.einsum("b,bij->ij", w, e)
-
   args = (params, *(jnp.asarray(a, dtype) for a in (basis_in.C, basis_in.C_pinv, basis_out.C,
                                                     alphas, weights)))
+  fn = scan.bind(_edge_chunk, seq, view, node, ml_collections.FrozenConfigDict(cfg))
   e = scan.dataset_sum(fn, args, x, cfg.chunk_size)
-  return np.asarray(e, np.float64) / (jax.tree.leaves(x)[0].shape[0] * view.td[l][0])
+  return np.asarray(e, np.float64) / (jax.tree.leaves(x)[0].shape[0] * view.td[node][0])
 
 
-def build_edges(seq, params, bases, x, cfg) -> list[np.ndarray]:
+def build_edges(seq: Sequential, params: PyTree, x, bases: list[NodeBasis],
+                cfg) -> list[np.ndarray]:
+  """[E^l for l < L]: the edges between consecutive bases of `build_bases` over data x."""
   validate(cfg)
   params, x = scan.cast(params, cfg.dtype), scan.cast(x, cfg.dtype)
-  view = view_of(seq, params, jax.tree.map(lambda a: a[0], x))
-  chex.assert_equal(len(bases), view.last + 1)
-  return [edges(seq, params, view, l, bases[l], bases[l + 1], x, cfg)
-          for l in range(view.last)]
+  chex.assert_equal(len(bases), len(seq.layers) + 1)
+  return [edges(seq, params, x, l, bases[l], bases[l + 1], cfg) for l in range(len(seq.layers))]

@@ -15,10 +15,9 @@ def feature_report(seq, params, bases, c, n_features: int = 20) -> dict:
   p = c.model.p
   a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
   x = jnp.asarray(np.stack([a.ravel(), b.ravel(), np.full(p * p, p)], 1), jnp.int32)
-  view = lib.view_of(seq, params, x[0])
   out = {}
   for l in (1, 2):
-    fa = np.asarray(lib.node_acts(seq, params, view, l, x))[:, 0]
+    fa = np.asarray(lib.node_acts(seq, params, x, l))[:, 0]
     basis = bases[l]
     feats = fa @ basis.C[:, basis.n_const:basis.n_const + n_features]
     out[modadd.NODES[l]] = modadd.dominant_frequencies(feats, p)

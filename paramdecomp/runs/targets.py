@@ -9,12 +9,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-import orbax.checkpoint as ocp
 
 from paramdecomp.core import config as cfglib
-from paramdecomp.core import schedules, train
-from paramdecomp.core.checkpoint import (Checkpointer, MissingCheckpointError, load_on_one_device,
-                                         save_json)
+from paramdecomp.core import metrics, schedules, train
+from paramdecomp.core.checkpoint import (Checkpointer, MissingCheckpointError, load_tree,
+                                         save_json, save_tree)
 from paramdecomp.core.target import Target, external
 from paramdecomp.toy_models import registry, tms
 
@@ -48,8 +47,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 def classifier_metrics(logits: jax.Array, y: jax.Array) -> dict:
   """Mean cross-entropy and accuracy of logits [B, K] against integer labels [B]."""
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-  return {"loss": jnp.mean(loss), "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+  return metrics.classification(logits, y)
 
 
 def evaluate_classifier(apply, params, x, y, chunk: int = 4096) -> dict:
@@ -128,9 +126,7 @@ def report(c: ml_collections.ConfigDict, params: dict) -> tuple[dict, list[str]]
 
 
 def save_target(workdir: str, c: ml_collections.ConfigDict, params: dict) -> None:
-  path = os.path.abspath(os.path.join(workdir, "target"))
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, params, force=True)
+  save_tree(os.path.join(workdir, "target"), params)
   save_json(os.path.join(workdir, "target.json"), {
       "model": c.model.to_dict(), "data": c.data.to_dict(), "seed": c.seed})
 
@@ -141,9 +137,7 @@ def save_external_target(workdir: str, params: dict, apply: str, batch: str) -> 
   of ``batch(key, n) -> x [n, ...]`` (the inputs to decompose on; a pure JAX function)."""
   external(apply, batch)   # both must import now, not at the first run
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.abspath(os.path.join(workdir, "target"))
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, params, force=True)
+  save_tree(os.path.join(workdir, "target"), params)
   save_json(os.path.join(workdir, "target.json"), {
       "model": {"kind": "external", "apply": apply, "batch": batch}, "data": {}, "seed": 0})
 
@@ -163,4 +157,4 @@ def load_target(workdir: str) -> tuple[Target, ml_collections.ConfigDict, dict]:
     record = external(c.model.apply, c.model.batch)
   else:
     record = registry.of(c.model)
-  return record, c, load_on_one_device(path)
+  return record, c, load_tree(path)

@@ -35,8 +35,7 @@ def test_activation_and_jacobian_degeneracy():
   ps = {"w1": w1, "w2": w2}
   seq = sequential.from_functions([lambda p, f: f @ p["w1"], lambda p, f: f @ p["w2"]],
                                   ["a", "b", "out"])
-  view = lib.view_of(seq, ps, x[0])
-  mu, second = lib.gram(seq, ps, view, 0, x)
+  mu, second = lib.node_moments(seq, ps, x, lib.default_config())[0]
   ev = np.linalg.eigvalsh(second[:-1, :-1])
   assert degeneracy.rank_deficiency(ev, 1e-9, relative=True) == d - k
   kmat = degeneracy.jacobian_gram(seq, ps, x, 1)
@@ -91,6 +90,11 @@ def test_graph_modularity_of_block_diagonal_edges():
   e[1:, 1:] = 10.0 * blocks + 1e-12
   e[0, 0] = 5.0
   w, layer = degeneracy.edge_graph_weights([e], [1, 1])
-  assert w.shape == (12, 12) and np.allclose(w, w.T) and layer.tolist() == [0] * 6 + [1] * 6
+  # eps defaults to the weakest edge (1e-12): block edges weigh log10(10 / 1e-12 + 1) ≈ 13, the
+  # others log10(1) = 0; the constant feature is dropped; inputs are nodes 0-5, outputs 6-11
+  want = np.zeros((12, 12))
+  want[6:, :6] = np.log10(10.0 / 1e-12 + 1) * blocks
+  np.testing.assert_allclose(w, want + want.T, rtol=1e-12)
+  assert layer.tolist() == [0] * 6 + [1] * 6
   res = degeneracy.graph_modularity([e], [1, 1])
   assert res["n_clusters"] == 2 and res["Q"] == pytest.approx(0.5, abs=1e-9)

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from paramdecomp.core import metrics, scan, sequential
 from paramdecomp.methods import ablations, degeneracy, lib
-from paramdecomp.core import sequential
 from paramdecomp.core.config import ConfigError
 
 
@@ -27,8 +27,7 @@ def _cfg(**kw):
 
 
 def _hat(seq, ps, x, bases, l):
-  view = lib.view_of(seq, ps, x[0])
-  return np.asarray(lib.node_acts(seq, ps, view, l, x))[:, 0] @ bases[l].C
+  return np.asarray(lib.node_acts(seq, ps, x, l))[:, 0] @ bases[l].C
 
 
 def _section_matrix(ps, k, last):
@@ -43,9 +42,7 @@ def _section_matrix(ps, k, last):
 
 def test_linear_section_moment_is_a_a_transpose():
   seq, ps, x = _chain([6, 4])
-  cfg = _cfg()
-  view = lib.view_of(seq, ps, x[0])
-  m, lam = lib.jacobian_moments(seq, ps, view, 0, 1, np.eye(4), x, cfg)
+  m, lam = lib.jacobian_moments(seq, ps, x, 0, np.eye(4), _cfg())
   want = np.zeros((7, 7))
   want[:6, :6] = ps["A0"] @ ps["A0"].T
   np.testing.assert_allclose(m, want, atol=1e-10)
@@ -57,7 +54,7 @@ def test_linear_chain_basis_oracles():
   seq, ps, x = _chain([6, 5, 4])
   cfg = _cfg()
   bases = lib.build_bases(seq, ps, x, cfg)
-  edges = lib.build_edges(seq, ps, bases, x, cfg)
+  edges = lib.build_edges(seq, ps, x, bases, cfg)
   for l in range(2):
     b = bases[l]
     fh = _hat(seq, ps, x, bases, l)
@@ -66,7 +63,6 @@ def test_linear_chain_basis_oracles():
     jac = b.C_pinv @ _section_matrix(ps, l, l == 1) @ bases[l + 1].C
     np.testing.assert_allclose(jac @ jac.T, np.eye(jac.shape[0]), atol=1e-9)
     np.testing.assert_allclose(edges[l].sum(0), b.Lambda, rtol=1e-9)
-    assert np.all(edges[l] >= 0)
 
 
 def test_interaction_basis_of_a_linear_chain_is_a_signed_permutation():
@@ -118,14 +114,16 @@ def test_truncation_keeps_exactly_the_non_null_space():
   np.testing.assert_allclose(np.abs(b1[0].C), np.abs(b2[0].C), atol=1e-7)
 
 
-def test_gram_and_mean_match_numpy_and_centred_gram_has_the_constant_direction():
+def test_moments_match_numpy_and_centred_gram_has_the_constant_direction():
   seq, ps, x = _chain([5, 3])
   x = x + 2.0
-  view = lib.view_of(seq, ps, x[0])
-  mu, second = lib.gram(seq, ps, view, 0, x, chunk_size=37)   # 400 = 10 full chunks + padding
+  (mu, second), out = lib.node_moments(seq, ps, x, _cfg(chunk_size=37))  # 400 = 10 chunks + 30
   fa = np.c_[x, np.ones(len(x))]
   np.testing.assert_allclose(mu, fa.mean(0), rtol=1e-12)
   np.testing.assert_allclose(second, fa.T @ fa / len(x), rtol=1e-12)
+  h = x @ ps["A0"]                                   # the output node: no constant coordinate
+  np.testing.assert_allclose(out[0], h.mean(0), rtol=1e-10)
+  np.testing.assert_allclose(out[1], h.T @ h / len(x), rtol=1e-10)
   d, u, w, w_pinv, n_const, _ = lib.gram_eigenbasis(mu, second, True, True, 1e-12)
   assert n_const == 1
   np.testing.assert_allclose(np.abs(u[:, 0]), np.eye(6)[-1], atol=1e-12)
@@ -137,41 +135,65 @@ def test_gram_over_positions_averages_every_position():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(50, 3, 4))
   seq = sequential.from_functions([lambda p, f: f.sum(-2)], ["seq", "out"])
-  view = lib.view_of(seq, {}, x[0])
-  assert view.td == ((3, 4), (1, 4))
-  mu, second = lib.gram(seq, {}, view, 0, x)
+  assert lib.view_of(seq, {}, x[0]).td == ((3, 4), (1, 4))
+  mu, second = lib.node_moments(seq, {}, x, _cfg())[0]
   fa = np.c_[x.reshape(-1, 4), np.ones(150)]
   np.testing.assert_allclose(second, fa.T @ fa / 150, rtol=1e-12)
+
+
+def test_dataset_sums_compile_once_per_shape():
+  """New params, bases and masks of the same shapes reuse the compiled scans (the Gram pass
+  used to compile afresh on every call)."""
+  seq, ps, x, y = _mlp()
+  cfg = _cfg(center=True)
+  bases = lib.build_bases(seq, ps, x, cfg)
+  e = lib.build_edges(seq, ps, x, bases, cfg)
+  ablations.edge_ablation_scores(seq, ps, x, y, 1, bases[1], bases[2], np.ones(e[1].shape),
+                                 metrics.classification)
+  ablations.node_ablation_curve(seq, ps, x, y, 1, bases[1], metrics.classification, [0, 3])
+  compiled = scan._scan_sum._cache_size()
+  ps2 = jax.tree.map(lambda a: 1.1 * a, ps)
+  bases2 = lib.build_bases(seq, ps2, x, cfg)
+  assert [b.C.shape for b in bases2] == [b.C.shape for b in bases]
+  lib.build_edges(seq, ps2, x, bases2, cfg)
+  ablations.edge_ablation_scores(seq, ps2, x, y, 1, bases2[1], bases2[2],
+                                 ablations.edge_mask(e[1], 4, 1), metrics.classification)
+  ablations.node_ablation_curve(seq, ps2, x, y, 1, bases2[1], metrics.classification, [1, 5])
+  assert scan._scan_sum._cache_size() == compiled
 
 
 def test_integration_rules():
   a, w = lib.integration_points("gradient")
   assert a.tolist() == [1.0] and w.tolist() == [1.0]
-  for rule in ("trapezoidal", "gauss-legendre"):
-    a, w = lib.integration_points(rule, 5)
-    assert len(a) == 6 and abs(w.sum() - 1) < 1e-14 and a.min() > 0 and a.max() < 1
+  # ∫_0^1 α^k dα = 1/(k+1): Gauss-Legendre on n+1 points is exact to degree 2n+1, the
+  # trapezoidal rule (ends pulled in by 1e-3/(n+1)) within O(1/n²)
+  a, w = lib.integration_points("gauss-legendre", 2)
+  for k in range(6):
+    assert w @ a ** k == pytest.approx(1 / (k + 1), rel=1e-13)
+  assert w @ a ** 6 != pytest.approx(1 / 7, rel=1e-6)
+  a, w = lib.integration_points("trapezoidal", 20)
+  for k in range(4):
+    assert w @ a ** k == pytest.approx(1 / (k + 1), abs=3e-3)
   # ∫_0^1 d/df (alpha f)^2 dalpha = f: the integrated Jacobian of an elementwise square
   seq = sequential.from_functions([lambda p, f: f * f], ["in", "out"])
   x = np.random.default_rng(0).normal(size=(64, 3))
-  view = lib.view_of(seq, {}, x[0])
   want = np.zeros((4, 4))
   want[:3, :3] = np.diag((x ** 2).mean(0))
-  m, _ = lib.jacobian_moments(seq, {}, view, 0, 1, np.eye(3), x,
+  m, _ = lib.jacobian_moments(seq, {}, x, 0, np.eye(3),
                               _cfg(integration="gauss-legendre", n_intervals=2))
   np.testing.assert_allclose(m, want, atol=1e-12)
-  m, _ = lib.jacobian_moments(seq, {}, view, 0, 1, np.eye(3), x,
+  m, _ = lib.jacobian_moments(seq, {}, x, 0, np.eye(3),
                               _cfg(integration="trapezoidal", n_intervals=20))
   np.testing.assert_allclose(m, want, rtol=2e-3, atol=1e-6)
 
 
 def test_stochastic_sources():
   seq, ps, x = _chain([5, 4])
-  view = lib.view_of(seq, ps, x[0])
-  exact, _ = lib.jacobian_moments(seq, ps, view, 0, 1, np.eye(4), x, _cfg())
+  exact, _ = lib.jacobian_moments(seq, ps, x, 0, np.eye(4), _cfg())
   # one output position: random signs over positions are exact
-  pos, _ = lib.jacobian_moments(seq, ps, view, 0, 1, np.eye(4), x, _cfg(stochastic_sources_pos=3))
+  pos, _ = lib.jacobian_moments(seq, ps, x, 0, np.eye(4), _cfg(stochastic_sources_pos=3))
   np.testing.assert_allclose(pos, exact, rtol=1e-10, atol=1e-10)
-  est, _ = lib.jacobian_moments(seq, ps, view, 0, 1, np.eye(4), x, _cfg(stochastic_sources=400))
+  est, _ = lib.jacobian_moments(seq, ps, x, 0, np.eye(4), _cfg(stochastic_sources=400))
   assert np.abs(est - exact).max() < 0.25 * np.abs(exact).max()
   assert not np.allclose(est, exact)
 
@@ -180,9 +202,8 @@ def test_stochastic_sources():
 def test_g_formulas_on_a_linear_section(formula):
   seq, ps, x = _chain([5, 3])
   a = ps["A0"]
-  view = lib.view_of(seq, ps, x[0])
   cfg = _cfg(formula=formula, integration="gauss-legendre", n_intervals=2)
-  m, lam = lib.jacobian_moments(seq, ps, view, 0, 1, np.eye(3), x, cfg)
+  m, lam = lib.jacobian_moments(seq, ps, x, 0, np.eye(3), cfg)
   g = x @ a @ a.T          # g(f) = A Aᵀ f for F(f) = f A: ∫2(1-α) = ∫1 = 1
   g = np.c_[g, np.zeros(len(x))]
   fa = np.c_[x, np.ones(len(x))]
@@ -200,16 +221,14 @@ def test_positions_moments_edges_and_position_sources():
   seq = sequential.from_functions([lambda p, f: f @ p["A"], lambda p, f: f.sum(-2) @ p["B"]],
                                   ["seq0", "seq1", "out"])
   x = rng.normal(size=(120, 3, 5))
-  view = lib.view_of(seq, ps, x[0])
-  m, _ = lib.jacobian_moments(seq, ps, view, 0, 1, np.eye(5), x, _cfg())
+  m, _ = lib.jacobian_moments(seq, ps, x, 0, np.eye(5), _cfg())
   np.testing.assert_allclose(m[:5, :5], ps["A"] @ ps["A"].T, rtol=1e-10)
-  m_pos, _ = lib.jacobian_moments(seq, ps, view, 0, 1, np.eye(5), x,
-                                  _cfg(stochastic_sources_pos=2))
+  m_pos, _ = lib.jacobian_moments(seq, ps, x, 0, np.eye(5), _cfg(stochastic_sources_pos=2))
   # (the constant coordinate, shared by all positions, is not per-position: compare features)
   np.testing.assert_allclose(m_pos[:5, :5], m[:5, :5], rtol=1e-10, atol=1e-12)
   cfg = _cfg()
   bases = lib.build_bases(seq, ps, x, cfg)
-  e = lib.build_edges(seq, ps, bases, x, cfg)[0]
+  e = lib.build_edges(seq, ps, x, bases, cfg)[0]
   np.testing.assert_allclose(e.sum(0), bases[0].Lambda, rtol=1e-9)
 
 
@@ -242,15 +261,27 @@ def test_bias_folding_scales_every_bias():
                              rtol=1e-12)   # ReLU layer with a folded bias is 1-homogeneous
 
 
-def test_sequential_jacobians_agree_with_jvp_and_vjp():
+def test_forward_from_is_the_hand_written_mlp():
+  """Every node's activation, a middle section with its biases scaled by c, and the view's node
+  shapes, against the MLP written out in numpy."""
   seq, ps, x, _ = _mlp()
-  f = jnp.asarray(x[0])
-  jac = sequential.jacobian(seq, ps, 0, f)
-  v, u = jnp.ones(5), jnp.arange(8.0)
-  np.testing.assert_allclose(sequential.layer_jvp(seq, ps, 0, f, v)[1], jac @ v, rtol=1e-12)
-  np.testing.assert_allclose(sequential.layer_vjp(seq, ps, 0, f, u), u @ jac, rtol=1e-12)
+
+  def hand(f, start, stop, c=1.0):
+    for k in range(start, stop):
+      f = f @ ps[f"l{k}"]["w"] + c * ps[f"l{k}"]["bias"]
+      f = f if k == 2 else np.maximum(f, 0)
+    return f
   acts = sequential.node_activations(seq, ps, jnp.asarray(x))
-  np.testing.assert_allclose(acts[-1], sequential.apply(seq, ps, jnp.asarray(x)))
+  for node in range(4):
+    np.testing.assert_allclose(acts[node], hand(x, 0, node), rtol=1e-12)
+    np.testing.assert_allclose(sequential.activation(seq, ps, x, node), hand(x, 0, node),
+                               rtol=1e-12)
+  np.testing.assert_allclose(sequential.forward_from(seq, ps, acts[1], 1, 3, 0.5),
+                             hand(np.asarray(acts[1]), 1, 3, 0.5), rtol=1e-12)
+  np.testing.assert_allclose(sequential.apply(seq, ps, x), hand(x, 0, 3), rtol=1e-12)
+  assert lib.view_of(seq, ps, x[0]).shapes == ((5,), (8,), (6,), (3,))
+  with pytest.raises(ValueError, match="outside"):
+    sequential.forward_from(seq, ps, acts[2], 2, 1)
 
 
 def test_flax_wrapper_matches_the_module():
@@ -287,17 +318,17 @@ def test_edge_modes_agree_and_functional_rows_sum_to_output_power():
   seq, ps, x, _ = _mlp()
   cfg = _cfg(center=True)
   bases = lib.build_bases(seq, ps, x, cfg)
-  fwd = lib.build_edges(seq, ps, bases, x, _cfg(center=True, edge_mode="forward"))
-  rev = lib.build_edges(seq, ps, bases, x, _cfg(center=True, edge_mode="reverse"))
+  fwd = lib.build_edges(seq, ps, x, bases, _cfg(center=True, edge_mode="forward"))
+  rev = lib.build_edges(seq, ps, x, bases, _cfg(center=True, edge_mode="reverse"))
   for a, b in zip(fwd, rev):
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
   # one output position: random signs over output positions are exact
-  sto = lib.build_edges(seq, ps, bases, x, _cfg(center=True, edge_stochastic_sources=3))
+  sto = lib.build_edges(seq, ps, x, bases, _cfg(center=True, edge_stochastic_sources=3))
   np.testing.assert_allclose(sto[1], fwd[1], rtol=1e-9, atol=1e-12)
   # a linear section: functional edges of output i sum over inputs to E[F̂_i²]
   seq_l, ps_l, x_l = _chain([5, 4])
   bl = lib.build_bases(seq_l, ps_l, x_l, _cfg())
-  e = lib.build_edges(seq_l, ps_l, bl, x_l, _cfg(edge_formula="functional",
+  e = lib.build_edges(seq_l, ps_l, x_l, bl, _cfg(edge_formula="functional",
                                                  edge_integration="gauss-legendre",
                                                  edge_n_intervals=3))[0]
   out = x_l @ ps_l["A0"] @ bl[1].C
@@ -320,36 +351,36 @@ def test_pca_baseline_matches_sklearn():
 def test_node_ablation_endpoints_and_projection():
   seq, ps, x, y = _mlp()
   bases = lib.build_bases(seq, ps, x, _cfg(center=True))
-  score = ablations.classifier_scores
-  full = ablations.node_ablation_curve(seq, ps, x, y, bases[1], 1, score, [0])[0]
-  direct = {k: float(v.mean()) for k, v in score(sequential.apply(seq, ps, x), y).items()}
+  score = metrics.classification
+  full = ablations.node_ablation_curve(seq, ps, x, y, 1, bases[1], score, [0])[0]
+  direct = {k: float(v) for k, v in score(sequential.apply(seq, ps, x), y).items()}
   assert full["loss"] == pytest.approx(direct["loss"], rel=1e-12)
   n = bases[1].C.shape[0]
-  zero = ablations.node_ablation_curve(seq, ps, x, y, bases[1], 1, score, [n])[0]
-  out0 = sequential.forward_from(seq, ps, 1, jnp.zeros((len(x), 8)), 0.0)
-  assert zero["loss"] == pytest.approx(float(score(out0, y)["loss"].mean()), rel=1e-12)
+  zero = ablations.node_ablation_curve(seq, ps, x, y, 1, bases[1], score, [n])[0]
+  out0 = sequential.forward_from(seq, ps, jnp.zeros((len(x), 8)), 1, None, 0.0)
+  assert zero["loss"] == pytest.approx(float(score(out0, y)["loss"]), rel=1e-12)
   r = 3
   b = bases[1]
   h = np.asarray(sequential.node_activations(seq, ps, x)[1])
   proj = np.c_[h, np.ones(len(x))] @ b.C[:, :r] @ b.C_pinv[:r]
-  want = sequential.forward_from(seq, ps, 1, proj[:, :-1], jnp.asarray(proj[:, -1:]))
-  got = ablations.node_ablation_curve(seq, ps, x, y, b, 1, score, [n - r])[0]
+  want = sequential.forward_from(seq, ps, proj[:, :-1], 1, None, jnp.asarray(proj[:, -1:]))
+  got = ablations.node_ablation_curve(seq, ps, x, y, 1, b, score, [n - r])[0]
   assert got["n_basis_kept"] == r
-  assert got["loss"] == pytest.approx(float(score(want, y)["loss"].mean()), rel=1e-9)
+  assert got["loss"] == pytest.approx(float(score(want, y)["loss"]), rel=1e-9)
 
 
 def test_edge_ablation_endpoints():
   seq, ps, x, y = _mlp()
   bases = lib.build_bases(seq, ps, x, _cfg(center=True))
-  e = lib.build_edges(seq, ps, bases, x, _cfg(center=True))
-  score = ablations.classifier_scores
+  e = lib.build_edges(seq, ps, x, bases, _cfg(center=True))
+  score = metrics.classification
   l = 1
   k_out, k_in = e[l].shape
-  full = ablations.edge_ablation_scores(seq, ps, x, y, bases[l], bases[l + 1], l,
+  full = ablations.edge_ablation_scores(seq, ps, x, y, l, bases[l], bases[l + 1],
                                         np.ones((k_out, k_in)), score)
-  direct = float(score(sequential.apply(seq, ps, x), y)["loss"].mean())
+  direct = float(score(sequential.apply(seq, ps, x), y)["loss"])
   assert full["loss"] == pytest.approx(direct, rel=1e-9)
-  none = ablations.edge_ablation_scores(seq, ps, x, y, bases[l], bases[l + 1], l,
+  none = ablations.edge_ablation_scores(seq, ps, x, y, l, bases[l], bases[l + 1],
                                         ablations.edge_mask(e[l], 0, 1), score)
   # only the constant feature: node l+1 is the section applied to the constant-only input
   b_in, b_out = bases[l], bases[l + 1]
@@ -357,9 +388,18 @@ def test_edge_ablation_endpoints():
   const_only = (h * (np.arange(k_in) == 0)) @ b_in.C_pinv
   nxt = seq.layers[l](ps, const_only[:, :-1], jnp.asarray(const_only[:, -1:]))
   nxt = np.c_[nxt, const_only[:, -1:]] @ b_out.C @ b_out.C_pinv
-  out = sequential.forward_from(seq, ps, l + 1, nxt[:, :-1], jnp.asarray(nxt[:, -1:]))
-  assert none["loss"] == pytest.approx(float(score(out, y)["loss"].mean()), rel=1e-9)
-  assert ablations.edge_mask(e[l], 5, 1)[:, 1:].sum() == 5
+  out = sequential.forward_from(seq, ps, nxt[:, :-1], l + 1, None, jnp.asarray(nxt[:, -1:]))
+  assert none["loss"] == pytest.approx(float(score(out, y)["loss"]), rel=1e-9)
+
+
+def test_edge_mask_keeps_the_strongest_and_every_constant_edge():
+  e = np.array([[9.0, 1.0, 8.0, 0.5],
+                [7.0, 6.0, 2.0, 5.0]])     # input 0 is the constant direction
+  want = np.array([[1, 0, 1, 0],
+                   [1, 1, 0, 1]])          # 8, 6, 5 are the three strongest non-constant edges
+  np.testing.assert_array_equal(ablations.edge_mask(e, 3, 1), want)
+  np.testing.assert_array_equal(ablations.edge_mask(e, 0, 1), [[1, 0, 0, 0], [1, 0, 0, 0]])
+  assert ablations.edge_threshold(e, 3, 1) == 5.0
 
 
 def test_exponential_schedule_and_bisection():
