@@ -1,8 +1,11 @@
-"""Low-rank parameter components: P_c = U_c V_c^T for a weight of shape [a, b].
+"""Low-rank parameter components: P_c = U_c V_c^T for a weight seen as a matrix [a, b].
 
-One `Factors` holds all C components of one weight leaf. Nothing here assumes which axis is the
-layer's input: for a column-vector layer ``W @ x`` V is the input side; for a Flax kernel
-``x @ K`` U is.
+One `Factors` holds all C components of one weight leaf, in the leaf's matrix view: a leaf of
+shape S is the row-major reshape of an [a, b] matrix, a = the product of the axes the model
+contracts (its input axes), b = the rest, or the reverse (see `paramdecomp.core.factored`, which
+finds the view from the model's first product with the leaf). A 2-d leaf is its own view.
+Nothing here assumes which axis is the layer's input: for a column-vector layer ``W @ x`` V is
+the input side; for a Flax kernel ``x @ K`` U is.
 """
 from __future__ import annotations
 
@@ -24,9 +27,11 @@ class LowRank(NamedTuple):
   B: jax.Array
   g: jax.Array | None = None
 
-  def dense(self) -> jax.Array:
+  def dense(self, shape=None) -> jax.Array:
+    """[a, b] the matrix, or the leaf of `shape` it is the view of (its row-major reshape)."""
     a = self.A if self.g is None else self.A * self.g
-    return a @ self.B.T
+    w = a @ self.B.T
+    return w if shape is None else w.reshape(shape)
 
   def T(self) -> "LowRank":
     return LowRank(self.B, self.A, self.g)
@@ -37,11 +42,30 @@ class Factors(NamedTuple):
   V: jax.Array  # [C, b, m]
 
 
+def default_view(shape) -> tuple[int, int]:
+  """(a, b) the matrix view of a leaf of `shape` when the model's use is not traced: a 2-d leaf
+  as it is; more axes: all but the last against the last, the layout of Flax's Dense, Conv
+  (HWIO: (H*W*I, O)) and DenseGeneral output projections ([heads, d_head, d_model]). A kernel
+  contracted over fewer axes (DenseGeneral's query/key/value [d_model, heads, d_head]) needs the
+  traced view (`paramdecomp.core.factored.matrix_views`)."""
+  shape = tuple(shape)
+  if len(shape) < 2:
+    raise ValueError(f"a leaf of shape {shape} has no default matrix view; trace the model's use "
+                     "of it (factored.matrix_views)")
+  return math.prod(shape[:-1]), shape[-1]
+
+
+def view(f: Factors) -> tuple[int, int]:
+  """(a, b) the matrix view the factors decompose."""
+  return f.U.shape[1], f.V.shape[1]
+
+
 def init_factors(key, shape, n_components: int, rank: int, init: str = "xavier_normal",
                  scale: float = 1.0, dtype=jnp.float32) -> Factors:
-  """Factors for C components of a weight of `shape` = (a, b)."""
+  """Factors for C components of a matrix of `shape` = (a, b) (a leaf's matrix view)."""
   if len(shape) != 2:
-    raise ValueError(f"low-rank components need a 2-d weight, got shape {tuple(shape)}")
+    raise ValueError(f"low-rank components need a 2-d weight (a leaf's matrix view), got shape "
+                     f"{tuple(shape)}")
   a, b = shape
   ku, kv = jax.random.split(key)
   if init == "xavier_normal":

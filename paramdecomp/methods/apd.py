@@ -29,7 +29,7 @@ import ml_collections
 
 from paramdecomp.core import config as cfglib
 from paramdecomp.core import lowrank, pytree, sparsity, train
-from paramdecomp.core.factored import trace_matmuls
+from paramdecomp.core.factored import matrix_views, trace_matmuls
 from paramdecomp.core.grads import directional_derivatives
 from paramdecomp.core.lowrank import Factors
 
@@ -103,17 +103,29 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                  "the lp formulation has no sparse forward pass to match activations on")
 
 
-def init(key, params, cfg) -> State:
-  """Factors for every decomposed weight of `params` (2-d leaves matched by cfg.decompose), after
-  checking cfg."""
+def init(key, params, cfg, *, apply: Callable | None = None, x=None) -> State:
+  """Factors for every decomposed weight of `params` (the leaves matched by cfg.decompose), each
+  in its matrix view [a, b] (`paramdecomp.core.factored`): with `apply` and a batch `x` (or its
+  `jax.ShapeDtypeStruct`), the view of the model's first product with the leaf (contracted
+  axes against the rest: a conv kernel HWIO is (H*W*I, O), a DenseGeneral query kernel
+  [d, heads, d_head] is (d, heads*d_head)); without them `lowrank.default_view` (a 2-d leaf as
+  it is, more axes: all but the last against the last). Checks cfg first."""
   validate(cfg)
   paths = pytree.select(params, cfg.decompose)
+  views = None
+  if apply is not None:
+    views = matrix_views(apply, params, x, paths)
+  elif x is not None:
+    raise ValueError("x is used to trace apply: pass apply too")
   out = {}
   for i, (path, w) in enumerate(pytree.get(params, paths).items()):
-    if w.ndim != 2:
-      raise ValueError(f"APD decomposes 2-d weights; {path!r} has shape {w.shape}")
-    rank = cfg.m or min(w.shape)
-    out[path] = lowrank.init_factors(jax.random.fold_in(key, i), w.shape, cfg.C, rank,
+    if views is None and w.ndim < 2:
+      raise ValueError(f"APD decomposes 2-d weights, and other leaves through their matrix view; "
+                       f"{path!r} of shape {w.shape} has none by default: pass apply= and x= to "
+                       "apd.init to take it from the model's use")
+    shape = views[path] if views else lowrank.default_view(w.shape)
+    rank = cfg.m or min(shape)
+    out[path] = lowrank.init_factors(jax.random.fold_in(key, i), shape, cfg.C, rank,
                                      cfg.init, cfg.init_scale, w.dtype)
   return normalize(State(out), cfg)
 
@@ -151,8 +163,8 @@ def check_components(params, state: State) -> None:
   if len(cs) != 1:
     raise ValueError(f"all weights need the same number of components, got {cs}")
   for path, f in comps.items():
-    want = (f.U.shape[1], f.V.shape[1])
-    if ws[path].shape != want:
+    want = lowrank.view(f)  # the leaf's matrix view: any (a, b) with a * b elements
+    if ws[path].size != want[0] * want[1]:
       raise ValueError(f"components of {path!r} have shape {want}, the weight {ws[path].shape}")
 
 
@@ -182,10 +194,11 @@ def _mean_sq_gradient_attribution(apply, params, comps: FactorMap, x, cfg) -> ja
   factors = {}
   if cfg.attribution_model == "apd":
     factors = jax.lax.stop_gradient(_all_components(comps))
-  _, uses = trace_matmuls(apply, params, factors, x, paths)
+  views = {p: lowrank.view(f) for p, f in comps.items()}
+  _, uses = trace_matmuls(apply, params, factors, x, paths, views=views)
   tangents = {p: [u.apply(f.U, f.V) for u in uses[p]] for p, f in comps.items()}   # [C, ...]
   zeros = {p: [jnp.zeros_like(u.out) for u in uses[p]] for p in paths}
-  fn = lambda shifts: trace_matmuls(apply, params, factors, x, paths, shifts)[0]
+  fn = lambda shifts: trace_matmuls(apply, params, factors, x, paths, shifts, views)[0]
   _, dots = directional_derivatives(fn, zeros, tangents)                          # [C, B, ...]
   return jnp.mean(dots.reshape(dots.shape[:2] + (-1,)) ** 2, axis=-1).T
 
@@ -197,8 +210,9 @@ def attributions(apply: Callable, params, state: State, x: jax.Array, cfg) -> ja
     return jnp.sqrt(_mean_sq_gradient_attribution(apply, params, comps, x, cfg))
   if cfg.attribution == "activation":
     return _activation_attribution(apply, params, comps, x)
-  totals = {p: lowrank.total(f) for p, f in comps.items()}
-  mats = {p: lowrank.components(f) for p, f in comps.items()}  # [C, a, b]
+  leaf = {p: w.shape for p, w in pytree.get(params, list(comps)).items()}
+  totals = {p: lowrank.total(f).reshape(leaf[p]) for p, f in comps.items()}
+  mats = {p: lowrank.components(f).reshape((-1,) + leaf[p]) for p, f in comps.items()}  # [C, ...]
   # ablation: output change when component c alone is removed from the all-components model
   full = apply(_with(params, totals), x)
   ablated = jax.vmap(lambda ms: apply(_with(params, {p: totals[p] - ms[p] for p in ms}), x))(mats)
@@ -213,9 +227,9 @@ def _activation_attribution(apply, params, comps: FactorMap, x) -> jax.Array:
   total = 0.0
   for p, f in comps.items():
     for u in uses[p]:
-      if u.act.shape[0] != x.shape[0]:
+      if u.pos_shape[:1] != x.shape[:1]:
         raise ValueError(f"activation attributions need batch-first activations; {p!r} meets "
-                         f"an input of shape {u.act.shape} for a batch of {x.shape[0]}")
+                         f"an input at positions {u.pos_shape} for a batch of {x.shape[0]}")
       sq = u.sq_norms(f.U, f.V)                                   # [C, B, ...]
       total = total + jnp.sum(sq.reshape(sq.shape[:2] + (-1,)), axis=-1).T
   return total
@@ -296,7 +310,8 @@ def loss(state: State, params, x: jax.Array, key, *, apply: Callable, cfg):
   comps = state.factors
   n = n_decomposed(params, state)
   target = pytree.get(params, list(comps))
-  faith = sum(jnp.sum((target[p] - lowrank.total(f)) ** 2) for p, f in comps.items()) / n
+  faith = sum(jnp.sum((target[p] - lowrank.total(f).reshape(target[p].shape)) ** 2)
+              for p, f in comps.items()) / n
   per_comp = sum(lowrank.schatten(f, cfg.schatten_p) for f in comps.values())  # [C]
 
   if cfg.formulation == "lp":

@@ -173,9 +173,11 @@ def normalize(state: State, cfg) -> State:
   return State(state.enc, normalize_subnets(state.dec, cfg.decoder_norm))
 
 
-def init(key, params, cfg) -> State:
+def init(key, params, cfg, *, apply: Callable | None = None, x=None) -> State:
   """Tucker maps for the tensors of `params` matched by cfg.decompose, after checking cfg: the
-  decoder normalised, the encoder an exact copy of it (§3.2)."""
+  decoder normalised, the encoder an exact copy of it (§3.2). `apply` and `x` (the method
+  surface's model arguments) are not needed: L3D decomposes every tensor in its own shape."""
+  del apply, x
   validate(cfg)
   ws = pytree.get(params, pytree.select(params, cfg.decompose))
   dec = {p: init_tucker(jax.random.fold_in(key, i), w.shape, cfg.n_subnets, cfg.rank, w.dtype)

@@ -105,7 +105,11 @@ class Spec:
 
 
 def _state(spec: Spec, plan: Plan, key):
-  comps = spec.method.init(jax.random.fold_in(key, 0), plan.params, plan.cfg)
+  # the batch's shape lets a method read how the model uses each weight (APD's matrix views)
+  args = (key,) if plan.data is None else (key, plan.data)
+  x = jax.eval_shape(plan.batch_fn, *args)
+  comps = spec.method.init(jax.random.fold_in(key, 0), plan.params, plan.cfg, apply=plan.apply,
+                           x=x)
   return train.init_state(comps, plan.optimizer, jax.random.fold_in(key, 1))
 
 
