@@ -9,11 +9,16 @@ EPS = 1e-12
 
 def classification(logits: jnp.ndarray, y: jnp.ndarray, weights: jnp.ndarray | None = None
                    ) -> dict:
-  """Mean cross-entropy and accuracy of logits [B, K] against integer labels [B]; with
-  `weights` [B] the weighted means (Σ w v / Σ w; 0 when every weight is 0), e.g. to drop the
-  padding of a chunked scan, summed in the wider of the logits' and weights' dtypes."""
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-  correct = jnp.argmax(logits, -1) == y
+  """Mean cross-entropy and accuracy of logits [B, K] against integer labels [B], or of sequence
+  logits [B, T, K] against [B, T] (each sample's mean over its positions first); with
+  `weights` [B] the weighted means over samples (Σ w v / Σ w; 0 when every weight is 0), e.g. to
+  drop the padding of a chunked scan, summed in the wider of the logits' and weights' dtypes."""
+  if logits.shape[:-1] != y.shape:
+    raise ValueError(f"logits {logits.shape} do not match labels {y.shape}: want [B, ..., K] "
+                     "against [B, ...]")
+  per_sample = lambda v: v.reshape(v.shape[0], -1).mean(1) if v.ndim > 1 else v
+  loss = per_sample(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+  correct = per_sample((jnp.argmax(logits, -1) == y).astype(loss.dtype))
   if weights is None:
     return {"loss": jnp.mean(loss), "accuracy": jnp.mean(correct.astype(loss.dtype))}
   w = jnp.asarray(weights)

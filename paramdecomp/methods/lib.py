@@ -127,15 +127,15 @@ class View(NamedTuple):
 
 
 def view_of(seq: Sequential, params: PyTree, x_one: jax.Array) -> View:
-  """Node shapes of `seq` from one sample's abstract evaluation."""
+  """Node shapes of `seq` from one sample's abstract evaluation. A node [d] is one position;
+  [T, d] (a sequence) or [H, W, C] (a feature map) is T = H*W positions of d = C features, the
+  basis shared across positions."""
   shapes = tuple(a.shape for a in jax.eval_shape(
       functools.partial(sequential.node_activations, seq), params, x_one))
-  td = []
-  for s in shapes:
-    if len(s) not in (1, 2):
-      raise ValueError(f"node shapes must be [d] or [T, d] per sample, got {shapes}")
-    td.append((1, s[0]) if len(s) == 1 else tuple(s))
-  return View(shapes, tuple(td))
+  if any(len(s) == 0 for s in shapes):
+    raise ValueError(f"node shapes must be [d], [T, d] or [H, W, C] per sample, got {shapes}")
+  td = tuple((math.prod(s[:-1]), s[-1]) for s in shapes)
+  return View(shapes, td)
 
 
 def _view(seq: Sequential, params: PyTree, x) -> View:
