@@ -14,6 +14,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from paramdecomp.core.pytree import path_str
 
@@ -31,6 +32,29 @@ def scale_biases(params: PyTree, c, bias_pattern: str) -> PyTree:
   """`params` with every leaf whose path matches `bias_pattern` multiplied by c."""
   return jax.tree_util.tree_map_with_path(
       lambda p, v: v * c if re.fullmatch(bias_pattern, path_str(p)) else v, params)
+
+
+class UnfoldedBiasError(ValueError):
+  pass
+
+
+def check_bias_folding(seq: Sequential, params: PyTree, nodes) -> None:
+  """Raise when a layer's output at zero input is nonzero but scaling the biases by c changes
+  nothing: its constant term is not a leaf matched by the bias pattern (e.g. biases named
+  'b0', 'b1' under the default pattern), so LIB would treat it as input-dependent and build
+  another basis. `nodes`: each node's per-sample shape and dtype (`jax.ShapeDtypeStruct`s).
+  Skipped under tracing."""
+  if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(params)):
+    return
+  for k, layer in enumerate(seq.layers):
+    f0 = jnp.zeros(nodes[k].shape, nodes[k].dtype)
+    with_c, without_c = np.asarray(layer(params, f0, 1.0)), np.asarray(layer(params, f0, 0.0))
+    if np.any(with_c != 0) and np.array_equal(with_c, without_c):
+      raise UnfoldedBiasError(
+          f"layer {k} ({seq.names[k]} -> {seq.names[k + 1]}) gives a nonzero output at zero "
+          "input, but no leaf it uses was folded as a bias: name its biases so the bias "
+          "pattern matches them (from_functions(..., bias_pattern=...), default "
+          "'(.*/)?(bias|b)'), or fold the constant into a bias leaf")
 
 
 def from_functions(layers: Sequence[Callable[[PyTree, jax.Array], jax.Array]],

@@ -39,6 +39,16 @@ PyTree = Any
 FORMULAS = ("jacobian", "(1-alpha)^2", "(1-0)*alpha", "svd", "pca", "neuron")
 INTEGRATION = ("gradient", "trapezoidal", "gauss-legendre")
 EDGE_FORMULAS = ("squared", "functional")
+TRUNCATIONS = ("relative", "absolute")
+
+
+def cutoff(eigenvalues: np.ndarray, cfg) -> float:
+  """The truncation threshold for a matrix with these eigenvalues: `truncation_threshold` times
+  the largest |eigenvalue| ('relative'), or as it is ('absolute')."""
+  if cfg.truncation == "absolute":
+    return cfg.truncation_threshold
+  top = float(np.max(np.abs(eigenvalues))) if np.size(eigenvalues) else 0.0
+  return cfg.truncation_threshold * top
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -47,7 +57,11 @@ def default_config() -> ml_collections.ConfigDict:
       formula="jacobian",          # one of FORMULAS; pca = svd with centring
       center=True,                 # centre the Gram matrices (constant direction kept apart)
       rotate_final=False,          # final node: identity (False) or its (uncentred) PCA basis
-      truncation_threshold=1e-15,  # drop Gram and M eigenvalues at or below this
+      # drop Gram and M eigenvalues at or below the threshold: relative to the matrix's largest
+      # eigenvalue (float64 rounding noise scales with it), or absolute (the reference code's
+      # rule, 1e-15, kept for reproducing its figures)
+      truncation="relative",
+      truncation_threshold=1e-12,
       integration="gradient",      # rule for the basis integrals (INTEGRATION)
       n_intervals=0,               # intervals of the trapezoidal / Gauss-Legendre rules
       jacobian_target="next_layer",  # next_layer (LIB) | output (Jacobian to the final node)
@@ -76,6 +90,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   cfglib.one_of(cfg, "edge_mode", ("auto", "forward", "reverse"))
   cfglib.positive(cfg, "chunk_size")
   cfglib.require(cfg.truncation_threshold >= 0, "truncation_threshold", "must be >= 0")
+  cfglib.one_of(cfg, "truncation", TRUNCATIONS)
   for f in ("n_intervals", "edge_n_intervals", "stochastic_sources", "stochastic_sources_pos",
             "edge_stochastic_sources"):
     cfglib.require(cfg[f] >= 0, f, f"must be >= 0, got {cfg[f]}")
@@ -130,11 +145,12 @@ def view_of(seq: Sequential, params: PyTree, x_one: jax.Array) -> View:
   """Node shapes of `seq` from one sample's abstract evaluation. A node [d] is one position;
   [T, d] (a sequence) or [H, W, C] (a feature map) is T = H*W positions of d = C features, the
   basis shared across positions."""
-  shapes = tuple(a.shape for a in jax.eval_shape(
-      functools.partial(sequential.node_activations, seq), params, x_one))
+  nodes = jax.eval_shape(functools.partial(sequential.node_activations, seq), params, x_one)
+  shapes = tuple(a.shape for a in nodes)
   if any(len(s) == 0 for s in shapes):
     raise ValueError(f"node shapes must be [d], [T, d] or [H, W, C] per sample, got {shapes}")
   td = tuple((math.prod(s[:-1]), s[-1]) for s in shapes)
+  sequential.check_bias_folding(seq, params, nodes)
   return View(shapes, td)
 
 
@@ -233,16 +249,16 @@ class NodeBasis(NamedTuple):
   n_const: int
 
 
-def gram_eigenbasis(mu: np.ndarray, second: np.ndarray, center: bool, has_const: bool,
-                    tau: float):
+def gram_eigenbasis(mu: np.ndarray, second: np.ndarray, center: bool, has_const: bool, cfg):
   """Steps 4a-c: (D, U, W, W⁺, n_const, all eigenvalues) of the (centred) Gram matrix, D and U
-  truncated at tau, the constant direction first when centring."""
+  truncated at `cutoff`, the constant direction first when centring."""
   y = centering_matrix(mu) if (center and has_const) else np.eye(mu.shape[0])
   g = y.T @ second @ y
   d, u = np.linalg.eigh(g)
   d = np.abs(d)
   order = np.argsort(-d, kind="stable")
   d_all, u = d[order], u[:, order]
+  tau = cutoff(d_all, cfg)
   n_const = 0
   if center and has_const:
     cand = np.nonzero((np.abs(u[-1]) > 1e-6) & (d_all > tau))[0]
@@ -344,7 +360,7 @@ def final_basis(mu, second, cfg) -> NodeBasis:
   lam, u = np.linalg.eigh(second)
   order = np.argsort(-np.abs(lam), kind="stable")
   lam, u = np.abs(lam[order]), u[:, order]
-  keep = lam > cfg.truncation_threshold
+  keep = lam > cutoff(lam, cfg)
   return NodeBasis(u[:, keep], u[:, keep].T, lam[keep], eig, 0)
 
 
@@ -363,11 +379,10 @@ def node_basis(seq: Sequential, params: PyTree, x, node: int, moments, next_basi
   """Steps 4a-h for a node < L from its moments (μ, E[f fᵀ]) given the next node's basis (or,
   for jacobian_target = output, the final node's `target_basis`)."""
   mu, second = moments
-  tau = cfg.truncation_threshold
   if cfg.formula == "neuron":
     return neuron_basis(second)
   d, _, w, w_pinv, n_const, eig = gram_eigenbasis(mu, second, cfg.center or cfg.formula == "pca",
-                                                  True, tau)
+                                                  True, cfg)
   if cfg.formula in ("svd", "pca"):
     return NodeBasis(w, w_pinv, d, eig, n_const)
   r, r_pinv = w / np.sqrt(d), np.sqrt(d)[:, None] * w_pinv
@@ -379,7 +394,7 @@ def node_basis(seq: Sequential, params: PyTree, x, node: int, moments, next_basi
   lam, v = masked_eigh(m, n_const)
   if lam_raw is not None:   # the g-formulas scale by |diag(Vᵀ R⁺ Λ' R V)|
     lam = np.abs(np.diag(v.T @ r_pinv @ lam_raw @ r @ v))
-  keep = np.r_[np.ones(n_const, bool), lam[n_const:] > tau]
+  keep = np.r_[np.ones(n_const, bool), lam[n_const:] > cutoff(lam, cfg)]
   lam, v = lam[keep], v[:, keep]
   scale = np.where(lam > 0, lam, 1.0)   # a null constant direction keeps unit scale
   c = r @ v * np.sqrt(scale)

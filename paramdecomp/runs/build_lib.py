@@ -259,8 +259,8 @@ def _modularity(b: _Build, bases: dict, edges: dict, edges_needed: dict | None) 
 def _degeneracy(b: _Build, bases: list) -> dict:
   """§4.2 measures on the build data: null directions of each node's (centred) Gram matrix and
   of K = E[Jᵀ J] (J = ∂ output / ∂ node; relative tolerance 1e-10), and ReLU firing groups."""
-  out = {"gram_null": {nm: degeneracy.rank_deficiency(x.gram_eigenvalues,
-                                                      b.c.lib.truncation_threshold)
+  out = {"gram_null": {nm: degeneracy.rank_deficiency(
+      x.gram_eigenvalues, lib.cutoff(x.gram_eigenvalues, b.c.lib))
                        for nm, x in zip(b.names, bases)}, "jacobian_null": {}}
   for l, nm in enumerate(b.names[:-1]):
     k = degeneracy.jacobian_gram(b.seq, b.p_lib, b.x_lib, l, chunk_size=b.c.lib.chunk_size)

@@ -9,6 +9,12 @@ from paramdecomp.methods import ablations, degeneracy, lib
 from paramdecomp.core.config import ConfigError
 
 
+def _absolute(tau):
+  cfg = lib.default_config()
+  cfg.truncation, cfg.truncation_threshold = "absolute", tau
+  return cfg
+
+
 def _chain(dims, seed=0):
   """A linear chain f -> f A_0 -> f A_0 A_1 ... (no biases), its params and data."""
   rng = np.random.default_rng(seed)
@@ -124,7 +130,7 @@ def test_moments_match_numpy_and_centred_gram_has_the_constant_direction():
   h = x @ ps["A0"]                                   # the output node: no constant coordinate
   np.testing.assert_allclose(out[0], h.mean(0), rtol=1e-10)
   np.testing.assert_allclose(out[1], h.T @ h / len(x), rtol=1e-10)
-  d, u, w, w_pinv, n_const, _ = lib.gram_eigenbasis(mu, second, True, True, 1e-12)
+  d, u, w, w_pinv, n_const, _ = lib.gram_eigenbasis(mu, second, True, True, _absolute(1e-12))
   assert n_const == 1
   np.testing.assert_allclose(np.abs(u[:, 0]), np.eye(6)[-1], atol=1e-12)
   assert abs(d[0] - 1.0) < 1e-12
@@ -425,6 +431,6 @@ def test_bad_input_fails_clearly():
     lib.validate(_cfg(formula="(1-alpha)^2"))
   with pytest.raises(ValueError, match="node names"):
     sequential.from_functions([lambda p, f: f], ["only-one"])
-  bad = sequential.from_functions([lambda p, f: f[..., None, None] * jnp.ones(2)], ["a", "b"])
-  with pytest.raises(ValueError, match=r"\[d\] or \[T, d\]"):
+  bad = sequential.from_functions([lambda p, f: jnp.sum(f)], ["a", "b"])   # a scalar node
+  with pytest.raises(ValueError, match=r"\[d\], \[T, d\] or \[H, W, C\]"):
     lib.view_of(bad, {}, jnp.ones(3))
