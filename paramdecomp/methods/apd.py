@@ -91,8 +91,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   cfglib.require(cfg.m >= 0, "m", f"must be >= 0 (0 = full rank), got {cfg.m}")
   cfglib.require(cfg.sparsity != "topk" or float(cfg.topk).is_integer(), "topk",
                  f"per-sample top-k needs an integer k, got {cfg.topk}")
-  cfglib.require(cfg.sparsity != "topk" or cfg.topk <= cfg.C, "topk",
-                 f"k={cfg.topk} exceeds C={cfg.C}")
+  cfglib.require(cfg.topk <= cfg.C, "topk",
+                 f"k={cfg.topk} exceeds C={cfg.C}" + (" (batch top-k keeps k components per "
+                                                      "sample on average)"
+                                                      if cfg.sparsity == "batch_topk" else ""))
   cfglib.require(len(cfg.decompose) > 0, "decompose", "names no weights")
   cfglib.require(not cfg.exact_topk or cfg.sparsity == "batch_topk", "exact_topk",
                  "sets the count of batch top-k; use sparsity='batch_topk'")
@@ -124,6 +126,9 @@ def init(key, params, cfg, *, apply: Callable | None = None, x=None) -> State:
                        f"{path!r} of shape {w.shape} has none by default: pass apply= and x= to "
                        "apd.init to take it from the model's use")
     shape = views[path] if views else lowrank.default_view(w.shape)
+    if cfg.m > min(shape):
+      raise cfglib.ConfigError("m", f"rank {cfg.m} exceeds the rank of {path!r} (its matrix "
+                               f"view is {tuple(shape)}, so at most {min(shape)})")
     rank = cfg.m or min(shape)
     out[path] = lowrank.init_factors(jax.random.fold_in(key, i), shape, cfg.C, rank,
                                      cfg.init, cfg.init_scale, w.dtype)

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from paramdecomp.core import config as cfglib
-from paramdecomp.core import scan, sequential
+from paramdecomp.core import pytree, scan, sequential
 from paramdecomp.core.sequential import Sequential
 
 PyTree = Any
@@ -225,8 +225,18 @@ def _moments(seq, params, x, nodes: tuple, chunk_size: int) -> list[tuple]:
 def node_moments(seq: Sequential, params: PyTree, x, cfg) -> list[tuple]:
   """[(μ, E[f fᵀ])] of every node over x in cfg.dtype, in one pass (§5.2 steps 1-3)."""
   validate(cfg)
+  check_data(x)
   params, x = scan.cast(params, cfg.dtype), scan.cast(x, cfg.dtype)
   return _moments(seq, params, x, tuple(range(len(seq.layers) + 1)), cfg.chunk_size)
+
+
+def check_data(x) -> None:
+  """Raise on a data set LIB cannot sum over: empty, or holding NaN / inf (named by leaf)."""
+  leaves = jax.tree.leaves(x)
+  if not leaves or leaves[0].ndim == 0 or leaves[0].shape[0] == 0:
+    raise ValueError(f"LIB's data is empty (shapes {[np.shape(a) for a in leaves]}); it needs "
+                     "x [N, ...] with N >= 1")
+  pytree.check_finite(x, "LIB data")
 
 
 def centering_matrix(mu: np.ndarray) -> np.ndarray:
