@@ -31,6 +31,7 @@ from paramdecomp.core import config as cfglib
 from paramdecomp.core import lowrank, pytree, sparsity, train
 from paramdecomp.core.factored import matrix_views, trace_matmuls
 from paramdecomp.core.grads import directional_derivatives
+from paramdecomp.core.inputs import check_batched
 from paramdecomp.core.lowrank import Factors
 
 
@@ -126,9 +127,8 @@ def init(key, params, cfg, *, apply: Callable | None = None, x=None) -> State:
                        f"{path!r} of shape {w.shape} has none by default: pass apply= and x= to "
                        "apd.init to take it from the model's use")
     shape = views[path] if views else lowrank.default_view(w.shape)
-    if cfg.m > min(shape):
-      raise cfglib.ConfigError("m", f"rank {cfg.m} exceeds the rank of {path!r} (its matrix "
-                               f"view is {tuple(shape)}, so at most {min(shape)})")
+    # m above min(shape) adds no capacity (P_c has rank <= min(shape)) but is allowed: the
+    # paper's TMS configs take min(shape) + 1 (5-2: m = 3; 40-10: m = 11)
     rank = cfg.m or min(shape)
     out[path] = lowrank.init_factors(jax.random.fold_in(key, i), shape, cfg.C, rank,
                                      cfg.init, cfg.init_scale, w.dtype)
@@ -210,6 +210,7 @@ def _mean_sq_gradient_attribution(apply, params, comps: FactorMap, x, cfg) -> ja
 
 def attributions(apply: Callable, params, state: State, x: jax.Array, cfg) -> jax.Array:
   """[B, C] attributions of each component on each sample (§1.3), without gradient."""
+  check_batched(apply, params, x)
   comps = jax.lax.stop_gradient(state.factors)
   if cfg.attribution == "gradient":
     return jnp.sqrt(_mean_sq_gradient_attribution(apply, params, comps, x, cfg))
@@ -312,6 +313,7 @@ def loss(state: State, params, x: jax.Array, key, *, apply: Callable, cfg):
   ``cfg.formulation == 'lp'`` the L_p attribution-sparsity one. `key` is unused."""
   del key  # APD's loss is deterministic given the batch
   check_components(params, state)  # shapes only: costs nothing at run time
+  check_batched(apply, params, x)
   comps = state.factors
   n = n_decomposed(params, state)
   target = pytree.get(params, list(comps))

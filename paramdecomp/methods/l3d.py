@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from paramdecomp.core import config as cfglib
+from paramdecomp.core.inputs import check_batched
 from paramdecomp.core import pytree, sparsity, train
 from paramdecomp.core.grads import (directional_derivatives, per_sample_grad_sq_norms,
                                per_sample_grads)
@@ -346,6 +347,7 @@ def loss_from_outputs(state: State, params, x, y0, y_ref, *, apply: Callable, cf
 def batch_loss(state: State, params, x: jax.Array, key, *, apply: Callable, cfg,
                path: str | None = None):
   """`loss_from_outputs` on batch x: the target's outputs, references drawn with `key`."""
+  check_batched(apply, params, x)
   check_subnets(params, state)
   y0 = jax.lax.stop_gradient(apply(params, x))
   y_ref = references(key, y0, cfg.reference, cfg.sequence)

@@ -22,11 +22,18 @@ def test_batch_topk_larger_than_c_is_refused():
     apd.validate(_apd_cfg(C=5, topk=6.0))
 
 
-def test_rank_above_the_matrix_rank_is_refused_naming_the_weight():
-  params = {"W": jnp.ones((2, 5))}
-  with pytest.raises(ConfigError, match=r"'m'.*'W'.*\(2, 5\), so at most 2"):
-    apd.init(jax.random.PRNGKey(0), params, _apd_cfg(m=3))
-  assert apd.init(jax.random.PRNGKey(0), params, _apd_cfg(m=2)).factors["W"].U.shape[-1] == 2
+def test_a_rank_above_the_matrix_rank_runs_as_the_papers_configs_do():
+  """TMS 5-2 takes m = 3 on a 2 x 5 weight (the paper's setting): allowed, and the components
+  still sum to rank <= 2 matrices."""
+  from paramdecomp.toy_models import tms
+  params = tms.init(jax.random.PRNGKey(0), tms.model_config(5, 2))
+  cfg = _apd_cfg(m=3, C=5, topk=1.0)
+  state = apd.init(jax.random.PRNGKey(0), params, cfg)
+  assert state.factors["W"].U.shape[-1] == 3
+  mats = np.asarray(jnp.einsum("cam,cbm->cab", state.factors["W"].U, state.factors["W"].V))
+  assert max(np.linalg.matrix_rank(m) for m in mats) <= 2
+  value, _ = apd.loss(state, params, jnp.ones((8, 5)), None, apply=tms.apply, cfg=cfg)
+  assert np.isfinite(float(value))
 
 
 def test_lib_refuses_empty_or_non_finite_data():
@@ -39,3 +46,22 @@ def test_lib_refuses_empty_or_non_finite_data():
   x[5, 1] = np.nan
   with pytest.raises(NonFiniteError, match="LIB data holds 1 non-finite"):
     lib.build_bases(seq, params, x, cfg)
+
+
+def test_an_unbatched_sample_is_named_as_such():
+  """TMS takes x [B, 5]; a single sample [5] used to fail deep inside as 'expected 5, got 1'."""
+  from paramdecomp.methods import l3d
+  from paramdecomp.toy_models import tms
+  params = tms.init(jax.random.PRNGKey(0), tms.model_config(5, 2))
+  cfg = _apd_cfg()
+  state = apd.init(jax.random.PRNGKey(1), params, cfg)
+  one = jnp.ones(5)
+  with pytest.raises(ValueError, match=r"x must be \[B, \.\.\.\].*shapes \[\(5,\)\].*unbatched"):
+    apd.loss(state, params, one, None, apply=tms.apply, cfg=cfg)
+  with pytest.raises(ValueError, match=r"x must be \[B, \.\.\.\]"):
+    apd.attributions(tms.apply, params, state, one, cfg)
+  lcfg = l3d.default_config()
+  lstate = l3d.init(jax.random.PRNGKey(2), params, lcfg)
+  with pytest.raises(ValueError, match=r"x must be \[B, \.\.\.\]"):
+    l3d.loss(lstate, params, one, jax.random.PRNGKey(3), apply=tms.apply, cfg=lcfg)
+  apd.loss(state, params, one[None], None, apply=tms.apply, cfg=_apd_cfg(topk=1.0))  # a batch of 1
