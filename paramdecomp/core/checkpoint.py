@@ -52,13 +52,14 @@ class Checkpointer:
     latest = self.latest_step()
     if resume:
       if latest is None:
-        raise MissingCheckpointError(f"--resume given but no checkpoint in {self.directory}")
+        raise MissingCheckpointError(f"resume asked for, but there is no checkpoint in "
+                                     f"{self.directory}")
       logging.info("resuming from step %d in %s", latest, self.directory)
       return self.restore(state)
     if latest is not None:
       raise FileExistsError(f"{os.path.dirname(self.directory)} already holds checkpoints (latest "
-                            f"step {latest}); pass --resume to continue it or choose another "
-                            "workdir")
+                            f"step {latest}); resume it (resume=True; --resume in the scripts) "
+                            "or choose another workdir")
     return state
 
   def wait(self) -> None:

@@ -86,7 +86,13 @@ def _init(model, params, x, pats, **kw):
   return apd.init(jax.random.PRNGKey(2), params, cfg, apply=model.apply, x=x), cfg
 
 
+def _factors(state):
+  """{path: Factors} of an apd.State (the helpers below read the factors)."""
+  return state.factors if isinstance(state, apd.State) else state
+
+
 def _with_totals(params, comps):
+  comps = _factors(comps)
   ws = pytree.get(params, list(comps))
   return pytree.replace(params, {p: lowrank.total(f).reshape(ws[p].shape)
                                  for p, f in comps.items()})
@@ -95,6 +101,7 @@ def _with_totals(params, comps):
 def _oracle_gradient(apply, params, comps, x):
   """[B, C] sqrt(mean_o (sum_l <d f_o / d W_l, P_c,l>)^2), the jacobian taken on each weight in
   its matrix view."""
+  comps = _factors(comps)
   ws = pytree.get(params, list(comps))
   views = {p: w.reshape(lowrank.view(comps[p])) for p, w in ws.items()}
   f = lambda vs: apply(pytree.replace(params, {p: v.reshape(ws[p].shape)
@@ -152,6 +159,7 @@ def _explicit_patches(x, module):
 def _oracle_activation(model, params, comps, x):
   """[B, C] sum over decomposed products of |P_c a|^2 over positions, a = the layer's input in
   the all-components model, the product written out per layer kind."""
+  comps = _factors(comps)
   seen = _layer_inputs(model, _with_totals(params, comps), x)
   total = 0.0
   for module, method, a in seen:
@@ -187,7 +195,8 @@ def test_activation_attributions_of_reshaped_leaves_equal_the_written_out_produc
   name, model, params, x, pats = CASES[4]
   comps, cfg = _init(model, params, x, pats, attribution="activation")
   got = apd.attributions(model.apply, params, comps, x, cfg)
-  pw, pk = lowrank.components(comps["params/w"]), lowrank.components(comps["params/k"])
+  pw, pk = (lowrank.components(comps.factors["params/w"]),
+            lowrank.components(comps.factors["params/k"]))
   h = jnp.tanh(x @ pw.sum(0).T)                       # the second product's input, [B, 4]
   want = (jnp.sum(jnp.einsum("bj,cij->cbi", x, pw) ** 2, -1)
           + jnp.sum(jnp.einsum("bi,cij->cbj", h, pk) ** 2, -1)).T
@@ -200,16 +209,17 @@ def test_masked_forward_equals_dense_per_sample(name, model, params, x, pats):
   mask = jax.random.bernoulli(jax.random.PRNGKey(3), 0.6, (x.shape[0], cfg.C)).astype(
       jnp.float64)
   got = apd.masked_apply(model.apply, params, comps, mask, x)
-  ws = pytree.get(params, list(comps))
+  ws = pytree.get(params, list(comps.factors))
   for b in range(x.shape[0]):
-    wb = {p: lowrank.masked_total(f, mask[b]).reshape(ws[p].shape) for p, f in comps.items()}
+    wb = {p: lowrank.masked_total(f, mask[b]).reshape(ws[p].shape)
+          for p, f in comps.factors.items()}
     np.testing.assert_allclose(got[b], model.apply(pytree.replace(params, wb), x[b:b + 1])[0],
                                rtol=1e-10, atol=1e-12)
   # the faithfulness term compares each leaf with its components in the leaf's own shape
   loss, met = apd.loss(comps, params, x, None, apply=model.apply, cfg=cfg)
   n = sum(w.size for w in ws.values())
   want = sum(jnp.sum((ws[p] - lowrank.total(f).reshape(ws[p].shape)) ** 2)
-             for p, f in comps.items()) / n
+             for p, f in comps.factors.items()) / n
   np.testing.assert_allclose(met["faithfulness"], want, rtol=1e-12)
   assert np.isfinite(float(loss))
 
@@ -218,13 +228,13 @@ def test_attention_views_follow_the_model_and_the_default_view_raises_naming_the
   name, model, params, x, pats = CASES[3]
   comps, cfg = _init(model, params, x, pats)
   pre = "params/MultiHeadDotProductAttention_0/"
-  assert {p: lowrank.view(f) for p, f in comps.items()} == {
+  assert {p: lowrank.view(f) for p, f in comps.factors.items()} == {
       pre + "key/kernel": (6, 8), pre + "out/kernel": (8, 6), pre + "query/kernel": (6, 8),
       pre + "value/kernel": (6, 8)}
   # without the model, a [d, heads, d_head] kernel gets the (d*heads, d_head) default view,
   # which is no product of the model: the attribution refuses, naming the weight
   blind = apd.init(jax.random.PRNGKey(2), params, cfg)
-  assert lowrank.view(blind[pre + "query/kernel"]) == (12, 4)
+  assert lowrank.view(blind.factors[pre + "query/kernel"]) == (12, 4)
   with pytest.raises(UnsupportedUse, match=r"'params/.*/(key|query|value)/kernel'.*apply= and x="):
     apd.attributions(model.apply, params, blind, x, cfg)
 
@@ -257,6 +267,6 @@ def test_a_short_apd_run_trains_conv_and_attention_components(case, tmp_path):
   assert int(state.step) == 20
   loss, _ = apd.loss(state.params, params, x, None, apply=model.apply, cfg=cfg)
   assert np.isfinite(float(loss))
-  for p, f in state.params.items():  # each layer alone: its components are seen by the data
-    a = apd.attributions(model.apply, params, {p: f}, x, cfg)
+  for p, f in state.params.factors.items():  # each layer alone: its components are seen
+    a = apd.attributions(model.apply, params, apd.State({p: f}), x, cfg)
     assert float(jnp.min(jnp.max(a, axis=0))) > 1e-4, p
