@@ -4,15 +4,11 @@
   python scripts/build_basis.py --config=paramdecomp/configs/lib_digits.py \
       --config.target_dir=runs/digits --workdir=runs/lib_digits
 
-Jacobian formula, centred, absolute truncation at 1e-15 (the reference's rule) (float64 here: the set is small); squared edges.
+The reference code's build settings (`build_lib.reference_config`; float64 here: the set is
+small).
 """
-from paramdecomp.runs.build_lib import default_config
+from paramdecomp.runs.build_lib import reference_config
 
 
 def get_config():
-  c = default_config()
-  # the reference code's absolute truncation, for its figures
-  c.lib.update(dict(formula="jacobian", center=True, truncation="absolute",
-                    truncation_threshold=1e-15,
-                    integration="gradient", dtype="float64", edge_formula="squared"))
-  return c
+  return reference_config()

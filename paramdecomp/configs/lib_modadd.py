@@ -4,16 +4,11 @@
   python scripts/build_basis.py --config=paramdecomp/configs/lib_modadd.py \
       --config.target_dir=runs/modadd --workdir=runs/lib_modadd
 
-Jacobian formula, centred, float64, absolute truncation at 1e-15 (the reference's rule), gradient rule; squared edges; bases and
-edges on the train split, ablations on the test split.
+The reference code's build settings (`build_lib.reference_config`); bases and edges on the train
+split, ablations on the test split.
 """
-from paramdecomp.runs.build_lib import default_config
+from paramdecomp.runs.build_lib import reference_config
 
 
 def get_config():
-  c = default_config()
-  # the reference code's absolute truncation, for its figures
-  c.lib.update(dict(formula="jacobian", center=True, truncation="absolute",
-                    truncation_threshold=1e-15,
-                    integration="gradient", dtype="float64", edge_formula="squared"))
-  return c
+  return reference_config()

@@ -44,6 +44,17 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def reference_config() -> ml_collections.ConfigDict:
+  """`default_config` with the reference code's build settings (§5.5), for its figures: the
+  Jacobian formula, centred, float64, the gradient rule, squared edges, and its absolute
+  truncation at 1e-15."""
+  c = default_config()
+  c.lib.update(dict(formula="jacobian", center=True, truncation="absolute",
+                    truncation_threshold=1e-15, integration="gradient", dtype="float64",
+                    edge_formula="squared"))
+  return c
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raise ConfigError naming the first unknown or invalid field of a build config."""
   cfglib.check_fields(c, default_config())

@@ -51,12 +51,17 @@ def _cases():
 @pytest.mark.parametrize("name,apply,params,factors,x", list(_cases()), ids=lambda v: None)
 def test_factored_equals_dense_values_and_gradients(name, apply, params, factors, x):
   dense = lambda fs: apply(pytree.replace(params, {p: f.dense() for p, f in fs.items()}), x)
+  _assert_factored_is_dense(apply, params, factors, x, dense, (1e-10, 1e-12), (1e-9, 1e-12))
+
+
+def _assert_factored_is_dense(apply, params, factors, x, dense, tol_values, tol_grads):
+  """apply_factored equals `dense(factors)` in value and in the gradient of a nonlinear sum."""
   np.testing.assert_allclose(apply_factored(apply, params, factors, x), dense(factors),
-                             rtol=1e-10, atol=1e-12)
+                             rtol=tol_values[0], atol=tol_values[1])
   g1 = jax.grad(lambda fs: jnp.sum(jnp.sin(apply_factored(apply, params, fs, x))))(factors)
   g2 = jax.grad(lambda fs: jnp.sum(jnp.sin(dense(fs))))(factors)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a, b, rtol=tol_grads[0], atol=tol_grads[1])
 
 
 def test_vmapped_per_sample_scales_equal_per_sample_dense():
@@ -195,12 +200,7 @@ def test_views_factored_forward_and_records(name, apply, params, x, views):
     factors = _factors_for(views, jax.random.PRNGKey(r), r)
     dense = lambda fs: apply(pytree.replace(params, {p: f.dense(leaves[p].shape)
                                                      for p, f in fs.items()}), x)
-    np.testing.assert_allclose(apply_factored(apply, params, factors, x), dense(factors),
-                               rtol=1e-10, atol=1e-10)
-    g1 = jax.grad(lambda fs: jnp.sum(jnp.sin(apply_factored(apply, params, fs, x))))(factors)
-    g2 = jax.grad(lambda fs: jnp.sum(jnp.sin(dense(fs))))(factors)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-      np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-9)
+    _assert_factored_is_dense(apply, params, factors, x, dense, (1e-10, 1e-10), (1e-8, 1e-9))
   # each record rebuilds its own output: act (or the ids) times the dense weight in its view
   _, uses = trace_matmuls(apply, params, {}, x, list(views))
   for p, us in uses.items():
