@@ -48,7 +48,8 @@ SECTIONS = sections(PAGE.read_text())
 
 def run_blocks(name: str, blocks: list[str], timeout: int) -> str:
   env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
-  env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [env["PYTHONPATH"]] * ("PYTHONPATH" in env))
+  env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if "PYTHONPATH" in env
+                                                     else []))
   proc = subprocess.run([sys.executable, "-c", DRIVER], input=json.dumps([name, blocks]),
                         capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
   assert proc.returncode == 0, f"{name}:\n{proc.stdout}\n{proc.stderr[-4000:]}"
