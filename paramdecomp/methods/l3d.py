@@ -29,6 +29,7 @@ The method surface (the same for every method):
 from __future__ import annotations
 
 import string
+import warnings
 from typing import Callable, NamedTuple
 
 import chex
@@ -49,6 +50,9 @@ LOSS_EPS = 1e-10
 # `auto` takes the explicit path while B x n_w <= this (BENCHMARKS.md: explicit wins on TM1,
 # B x n_w = 800; forward already wins on TM4, B x n_w = 4800, and by far on larger models).
 AUTO_EXPLICIT_MAX = 4096
+# the forward path's loss is exact to about this many eps of its dtype (relative to 1): rounding
+# of its expanded squared error, measured on exact solutions in float32 (tests/methods/test_l3d.py)
+FORWARD_FLOOR_EPS = 4
 # the forward path's gradient norms hold at most this many per-sample gradient entries at once
 CHUNK_MAX_GRAD_ENTRIES = 1 << 22
 
@@ -310,6 +314,13 @@ def loss_from_outputs(state: State, params, x, y0, y_ref, *, apply: Callable, cf
   L = sum_i ||g_i - g_hat_i||^2 / (sum_i ||g_i||^2 + 1e-10) (§3.3), by `path` ('explicit' or
   'forward'; default: `choose_path`). metrics['mask'] is the [B, n_v] top-k mask; 'err' and
   'total' the loss's numerator and denominator (to pool over several batches).
+
+  Floor of the forward path: it expands ||g_i - g_hat_i||^2 = ||g_i||^2 - 2 c~_i.d_i +
+  c~_i G c~_i (d = V_out g, G = V_out V_out^T), whose terms cancel as L -> 0, so its L is
+  resolved only to about FORWARD_FLOOR_EPS x the dtype's eps (FORWARD_FLOOR_EPS x 1.2e-7 in
+  float32, x 2.2e-16 in float64) relative to 1 (L's scale, sum_i ||g_i||^2 / total): each
+  sample's error term is clamped at 0, so L >= 0, and a forward L below the floor means only
+  "at most the floor". The explicit path forms g_i - g_hat_i and resolves L down to ~eps^2.
   """
   paths = list(state.dec)
   n_w = sum(w.size for w in pytree.get(params, paths).values())
@@ -332,7 +343,11 @@ def loss_from_outputs(state: State, params, x, y0, y_ref, *, apply: Callable, cf
     ct = c * mask
     gsq = grad_sq_norms(apply, params, x, y0, y_ref, paths, cfg)
     gram = v_out @ v_out.T
-    err = jnp.sum(gsq) - 2 * jnp.sum(ct * d) + jnp.sum((ct @ gram) * ct)
+    # ||g_i - g_hat_i||^2 expanded: three terms of size ~||g_i||^2 cancel near an exact solution,
+    # leaving rounding of a few eps ||g_i||^2 of either sign; a squared norm is >= 0, so each
+    # sample's is clamped there (its gradient is then 0, as the true one is at an exact solution)
+    err_i = gsq - 2 * jnp.sum(ct * d, axis=1) + jnp.sum((ct @ gram) * ct, axis=1)
+    err = jnp.sum(jnp.maximum(err_i, 0.0))
     total = jnp.sum(gsq)
   else:
     raise ValueError(f"unknown path {path!r}; use 'explicit' or 'forward'")
@@ -346,8 +361,22 @@ def batch_loss(state: State, params, x: jax.Array, key, *, apply: Callable, cfg,
   """`loss_from_outputs` on batch x: the target's outputs, references drawn with `key`."""
   check_subnets(params, state)
   y0 = jax.lax.stop_gradient(apply(params, x))
+  warn_sequence(y0.shape, cfg)
   y_ref = references(key, y0, cfg.reference, cfg.sequence)
   return loss_from_outputs(state, params, x, y0, y_ref, apply=apply, cfg=cfg, path=path)
+
+
+def warn_sequence(shape, cfg) -> None:
+  """Warn (at trace time, so once per compiled shape) when outputs [B, T, V] come without
+  cfg.sequence: the reference of a sample is then another sample's whole [T, V] output."""
+  if len(shape) >= 3 and not cfg.sequence and cfg.reference != "constant":
+    warnings.warn(
+        f"L3D: the target's outputs have shape {tuple(shape)} ([B, T, V]) but cfg.sequence is "
+        f"False, so reference={cfg.reference!r} treats each sample's [T, V] output as one "
+        "vector (another sample's whole sequence, or the batch mean of sequences); "
+        "sequence=True draws the reference for each (sample, position) from all B x T outputs "
+        "of the batch (the mean over positions too), as for a language model's tokens",
+        stacklevel=3)
 
 
 def loss(state: State, params, x: jax.Array, key, *, apply: Callable, cfg,
