@@ -259,67 +259,54 @@ def test_paths_agree_for_kl_on_sequences_and_with_chunks():
   np.testing.assert_allclose(mf["active"], me["active"], rtol=1e-12)
 
 
-def test_auto_path_choice():
+# (model, B, n_w, n_v, forward multiply-adds / n_w, the faster path): BENCHMARKS.md's L3D rule
+# table (scripts/bench_l3d.py --sections=rule, one pinned core, d55c3a7 + this rule's commit);
+# near-ties (TM4 B 32 n_v 5: 0.283 vs 0.275 ms) left out
+_MEASURED = [
+    ("tm1", 32, 25, 5, 0.8, "explicit"), ("tm1", 1024, 25, 20, 0.8, "explicit"),
+    ("tm4", 256, 150, 5, 0.83, "explicit"), ("tm4", 1024, 150, 5, 0.83, "explicit"),
+    ("tm4", 1024, 150, 20, 0.83, "explicit"),
+    ("tm4w100", 32, 31405, 5, 0.99, "forward"), ("tm4w100", 256, 31405, 20, 0.99, "forward"),
+    ("tm4w100", 1024, 31405, 5, 0.99, "forward"),
+    ("mlp", 32, 17610, 5, 0.99, "forward"), ("mlp", 32, 17610, 20, 0.99, "explicit"),
+    ("mlp", 256, 17610, 5, 0.99, "forward"), ("mlp", 256, 17610, 20, 0.99, "forward"),
+    ("cnn", 32, 5794, 20, 8.04, "explicit"), ("cnn", 1024, 5794, 5, 8.04, "explicit"),
+    ("attn", 32, 4224, 5, 8.73, "explicit"), ("attn", 1024, 4224, 20, 8.73, "explicit"),
+    ("attn2", 256, 4224, 5, 2.0, "explicit"),  # T 2: the least reuse measured
+]
+
+
+@pytest.mark.parametrize("model,b,n_w,n_v,reuse,faster", _MEASURED)
+def test_auto_path_picks_the_measured_faster_path(model, b, n_w, n_v, reuse, faster):
+  assert l3d.choose_path(_cfg(), b, n_w, n_v, reuse) == faster
+
+
+def test_auto_path_memory_cap_and_fixed_paths():
   cfg = _cfg()
-  assert l3d.choose_path(cfg, 32, 25) == "explicit"     # TM1
-  assert l3d.choose_path(cfg, 32, 150) == "forward"     # TM4
+  assert l3d.choose_path(cfg, 1024, 8192, 5, 9.0) == "explicit"      # at the cap
+  assert l3d.choose_path(cfg, 1024, 8193, 5, 9.0) == "forward"       # past it, whatever reuse
   cfg.path = "forward"
-  assert l3d.choose_path(cfg, 32, 10) == "forward"
+  assert l3d.choose_path(cfg, 32, 10, 5, 9.0) == "forward"
 
 
-def _spanned_linear(seed, n_o=6, n_in=8, batch=32):
-  """A float32 linear model x -> W x with one-hot inputs x_i = s_i e_(k_i) and the constant
-  reference: g_i = s_i^2 (W e_k) e_k^T / n_o, so the n_in rank-1 subnetworks (W e_k / |W e_k|)
-  e_k^T (encoder = decoder) span every g_i exactly and top-k 1/n_in keeps each sample's own."""
-  ks = jax.random.split(jax.random.PRNGKey(seed), 3)
-  w = jax.random.normal(ks[0], (n_o, n_in), jnp.float32)
-  x = (jax.nn.one_hot(jax.random.randint(ks[1], (batch,), 0, n_in), n_in, dtype=jnp.float32)
-       * jax.random.uniform(ks[2], (batch, 1), jnp.float32, minval=0.5, maxval=2.0))
-  u = (w / jnp.linalg.norm(w, axis=0)).T                       # [n_in, n_o] unit W e_k
-  t = l3d.Tucker(jnp.ones((n_in, 1, 1), jnp.float32),
-                 (u[:, None, :], jnp.eye(n_in, dtype=jnp.float32)[:, None, :]))
-  cfg = _cfg(n_subnets=n_in, rank=1, topk=1.0 / n_in, reference="constant")
-  return {"W": w}, x, l3d.State({"W": t}, {"W": t}), cfg
-
-
-@pytest.mark.parametrize("seed", [0, 4, 11, 15])
-def test_forward_loss_is_nonnegative_and_within_its_floor_at_a_float32_exact_solution(seed):
-  """Seeds whose forward loss was negative before the per-sample clamp (-1.1e-7, -1.8e-7,
-  -4.7e-7, -3.0e-7 at d55c3a7, where the explicit path gives ~1e-14): now >= 0 and within
-  l3d.FORWARD_FLOOR_EPS eps of the explicit path's."""
-  params, x, st, cfg = _spanned_linear(seed)
-  y0 = _linear(params, x)
-  y_ref = jnp.zeros_like(y0)
-  f = lambda path: l3d.loss_from_outputs(st, params, x, y0, y_ref, apply=_linear, cfg=cfg,
-                                         path=path)[0]
-  le, lf = f("explicit"), f("forward")
-  eps = float(jnp.finfo(jnp.float32).eps)
-  assert lf.dtype == jnp.float32 and 0 <= le < 1e-12
-  assert lf >= 0
-  assert abs(float(lf) - float(le)) <= l3d.FORWARD_FLOOR_EPS * eps
-
-
-def _seq_model():
-  p = {"W": jax.random.normal(jax.random.PRNGKey(0), (3, 4))}
-  return p, lambda p, x: x @ p["W"].T, jax.random.normal(jax.random.PRNGKey(1), (6, 5, 4))
-
-
-def test_sequence_outputs_without_sequence_warn_once_per_trace():
-  params, apply, x = _seq_model()              # outputs [B, T, V] = [6, 5, 3]
-  cfg = _cfg(n_subnets=2)
-  st = l3d.init(jax.random.PRNGKey(2), params, cfg)
-  f = jax.jit(lambda s, x, k: l3d.loss(s, params, x, k, apply=apply, cfg=cfg)[0])
-  with pytest.warns(UserWarning, match=r"\(6, 5, 3\).*sequence=True draws") as rec:
-    f(st, x, jax.random.PRNGKey(3))
-    f(st, x, jax.random.PRNGKey(4))            # the same trace: no second warning
-  assert len([w for w in rec if "sequence" in str(w.message)]) == 1
-  for kw in (dict(sequence=True), dict(reference="constant")):  # constant: no difference
-    with warnings.catch_warnings():
-      warnings.simplefilter("error")
-      l3d.loss(st, params, x, jax.random.PRNGKey(3), apply=apply, cfg=_cfg(n_subnets=2, **kw))
-  with warnings.catch_warnings():            # [B, V] outputs are not sequences
-    warnings.simplefilter("error")
-    l3d.loss(st, params, x[:, 0], jax.random.PRNGKey(3), apply=apply, cfg=cfg)
+def test_forward_macs_count_products_and_convolutions():
+  mlp = lambda p, x: jnp.tanh(x @ p["a"]) @ p["b"]             # 3 -> 4 -> 2: 12 + 8
+  p = {"a": jnp.ones((3, 4)), "b": jnp.ones((4, 2))}
+  assert l3d.forward_macs(mlp, p, jnp.ones((7, 3))) == 20
+  conv = lambda p, x: jax.lax.conv_general_dilated(x, p["k"], (1, 1), "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  k = {"k": jnp.ones((3, 3, 2, 5))}                           # 8 x 8 outputs x 5 x (3 3 2)
+  assert l3d.forward_macs(conv, k, jnp.ones((4, 8, 8, 2))) == 64 * 5 * 18
+  seq = lambda p, x: jax.lax.scan(lambda c, xt: (c, xt @ p["a"]), 0.0, x.swapaxes(0, 1))[1]
+  assert l3d.forward_macs(seq, p, jnp.ones((2, 6, 3))) == 6 * 12  # 6 scanned steps
+  # a product reused over 8 positions takes the explicit path past the dense threshold
+  # (B n_w = 256 x 1056 > 2^16 x 2), where a dense target would go forward
+  w = {"w": jax.random.normal(jax.random.PRNGKey(0), (32, 33))}
+  x = jax.random.normal(jax.random.PRNGKey(1), (32, 8, 33))
+  apply = lambda p, x: x @ p["w"].T
+  assert l3d.forward_macs(apply, w, x) / 1056 == 8
+  assert l3d.choose_path(_cfg(), 256, 1056, 2, 1.0) == "forward"
+  assert l3d.choose_path(_cfg(), 256, 1056, 2, 8.0) == "explicit"
 
 
 def _parallel(n=4):
