@@ -28,11 +28,14 @@ The method surface (the same for every method):
 """
 from __future__ import annotations
 
+import math
 import string
+import warnings
 from typing import Callable, NamedTuple
 
 import chex
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import ml_collections
 
@@ -47,9 +50,24 @@ REFERENCES = ("batch", "mean", "constant")
 PATHS = ("auto", "explicit", "forward")
 DECODER_NORMS = ("l2", "reference")
 LOSS_EPS = 1e-10
-# `auto` takes the explicit path while B x n_w <= this (BENCHMARKS.md: explicit wins on TM1,
-# B x n_w = 800; forward already wins on TM4, B x n_w = 4800, and by far on larger models).
-AUTO_EXPLICIT_MAX = 4096
+# `auto`'s rule (choose_path), fitted to BENCHMARKS.md's L3D table (36 cases: TM1, TM4 widths 5
+# and 100, a linen MLP 64-100-100-10, a linen CNN, a 4-head attention block; B 32/256/1024; n_v
+# 5/20; one pinned core). Costs per step: explicit ~ B n_w (a + b n_v) flops but holds ~3 B x n_w
+# arrays, so past the caches it turns memory-bound (5-10x slower per entry at B n_w ~ 4M);
+# forward ~ B F (c + d n_v) with F the forward multiply-adds per sample (2 n_v jvps and their
+# transposes, each a pass over the batch) and never holds B x n_w. So with little weight reuse
+# (F / n_w ~ 1: dense layers) the forward path wins once B n_w is past a cache-sized threshold
+# that grows with n_v (measured crossings: n_v 5 between 154k and 563k, n_v 20 above 1.0M and
+# below 4.5M), while with weight reuse (convolutions, attention over T positions: F / n_w ~ 8)
+# its jvps cost F / n_w times more and the explicit path won by 3-57x in every measured case.
+AUTO_DENSE_PER_SUBNET = 1 << 16  # dense targets: explicit while B n_w <= this x n_v
+AUTO_REUSE = 1.5                 # F / n_w at or above which explicit won at every measured size
+# explicit never above this many B x n_w entries (32 MiB per float32 array, ~100 MiB of step
+# temporaries): the memory cap, whatever the speed
+AUTO_EXPLICIT_MAX = 1 << 23
+# the forward path's loss is exact to about this many eps of its dtype (relative to 1): rounding
+# of its expanded squared error, measured on exact solutions in float32 (tests/methods/test_l3d.py)
+FORWARD_FLOOR_EPS = 4
 # the forward path's gradient norms hold at most this many per-sample gradient entries at once
 CHUNK_MAX_GRAD_ENTRIES = 1 << 22
 
@@ -278,11 +296,47 @@ def _default_chunk(b: int, n_w: int) -> int:
   return max(d for d in range(1, min(b, cap) + 1) if b % d == 0)
 
 
-def choose_path(cfg, batch_size: int, n_w: int) -> str:
-  """cfg.path, or for 'auto' explicit while B x n_w <= AUTO_EXPLICIT_MAX, else forward."""
+def choose_path(cfg, batch_size: int, n_w: int, n_v: int = 5, reuse: float = 1.0) -> str:
+  """cfg.path, or for 'auto': 'explicit' while B n_w <= AUTO_EXPLICIT_MAX and either the target
+  reuses its weights (`reuse` = forward multiply-adds per sample / n_w >= AUTO_REUSE) or
+  B n_w <= AUTO_DENSE_PER_SUBNET x n_v; else 'forward' (reasoning next to the constants)."""
   if cfg.path != "auto":
     return cfg.path
-  return "explicit" if batch_size * n_w <= AUTO_EXPLICIT_MAX else "forward"
+  entries = batch_size * n_w
+  if entries > AUTO_EXPLICIT_MAX:
+    return "forward"
+  return "explicit" if reuse >= AUTO_REUSE or entries <= AUTO_DENSE_PER_SUBNET * n_v else "forward"
+
+
+_MAC_PRIMS = ("dot_general", "conv_general_dilated")
+
+
+def forward_macs(apply, params, x) -> int:
+  """Multiply-adds of the products (dot_general, convolutions) in apply(params, x[:1]): one
+  sample's forward cost, counted on its jaxpr at trace time (nothing is compiled)."""
+  spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+  jaxpr = jax.make_jaxpr(apply)(jax.tree.map(spec, params), spec(x[:1]))
+  return _macs(jaxpr.jaxpr)
+
+
+def _macs(jaxpr) -> int:
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name in _MAC_PRIMS:
+      out = eqn.outvars[0].aval.shape
+      if name == "dot_general":
+        (lhs_c, _), _ = eqn.params["dimension_numbers"]
+        inner = math.prod(eqn.invars[0].aval.shape[d] for d in lhs_c)
+      else:  # each output: kernel spatial size x input features per group
+        dn = eqn.params["dimension_numbers"]
+        k = eqn.invars[1].aval.shape
+        inner = math.prod(k) // k[dn.rhs_spec[0]]
+      total += math.prod(out) * inner
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      n = eqn.params.get("length", 1) if name == "scan" else 1
+      total += n * _macs(sub)
+  return total
 
 
 def directional(apply, params, x, y0, y_ref, tangents: dict[str, jax.Array], cfg) -> jax.Array:
@@ -313,10 +367,20 @@ def loss_from_outputs(state: State, params, x, y0, y_ref, *, apply: Callable, cf
   L = sum_i ||g_i - g_hat_i||^2 / (sum_i ||g_i||^2 + 1e-10) (§3.3), by `path` ('explicit' or
   'forward'; default: `choose_path`). metrics['mask'] is the [B, n_v] top-k mask; 'err' and
   'total' the loss's numerator and denominator (to pool over several batches).
+
+  Floor of the forward path: it expands ||g_i - g_hat_i||^2 = ||g_i||^2 - 2 c~_i.d_i +
+  c~_i G c~_i (d = V_out g, G = V_out V_out^T), whose terms cancel as L -> 0, so its L is
+  resolved only to about FORWARD_FLOOR_EPS x the dtype's eps (FORWARD_FLOOR_EPS x 1.2e-7 in
+  float32, x 2.2e-16 in float64) relative to 1 (L's scale, sum_i ||g_i||^2 / total): each
+  sample's error term is clamped at 0, so L >= 0, and a forward L below the floor means only
+  "at most the floor". The explicit path forms g_i - g_hat_i and resolves L down to ~eps^2.
   """
   paths = list(state.dec)
   n_w = sum(w.size for w in pytree.get(params, paths).values())
-  path = path or choose_path(cfg, x.shape[0], n_w)
+  if path is None and cfg.path == "auto":
+    reuse = forward_macs(apply, params, x) / n_w
+    path = choose_path(cfg, x.shape[0], n_w, state.dec[paths[0]].core.shape[0], reuse)
+  path = path or cfg.path
   enc_b, dec_b = blocks(state.enc), blocks(state.dec)
   v_out = flat(dec_b)                                           # [K, n_w]
   if path == "explicit":
@@ -335,7 +399,11 @@ def loss_from_outputs(state: State, params, x, y0, y_ref, *, apply: Callable, cf
     ct = c * mask
     gsq = grad_sq_norms(apply, params, x, y0, y_ref, paths, cfg)
     gram = v_out @ v_out.T
-    err = jnp.sum(gsq) - 2 * jnp.sum(ct * d) + jnp.sum((ct @ gram) * ct)
+    # ||g_i - g_hat_i||^2 expanded: three terms of size ~||g_i||^2 cancel near an exact solution,
+    # leaving rounding of a few eps ||g_i||^2 of either sign; a squared norm is >= 0, so each
+    # sample's is clamped there (its gradient is then 0, as the true one is at an exact solution)
+    err_i = gsq - 2 * jnp.sum(ct * d, axis=1) + jnp.sum((ct @ gram) * ct, axis=1)
+    err = jnp.sum(jnp.maximum(err_i, 0.0))
     total = jnp.sum(gsq)
   else:
     raise ValueError(f"unknown path {path!r}; use 'explicit' or 'forward'")
@@ -347,11 +415,25 @@ def loss_from_outputs(state: State, params, x, y0, y_ref, *, apply: Callable, cf
 def batch_loss(state: State, params, x: jax.Array, key, *, apply: Callable, cfg,
                path: str | None = None):
   """`loss_from_outputs` on batch x: the target's outputs, references drawn with `key`."""
-  check_batched(apply, params, x)
   check_subnets(params, state)
+  check_batched(apply, params, x)
   y0 = jax.lax.stop_gradient(apply(params, x))
+  warn_sequence(y0.shape, cfg)
   y_ref = references(key, y0, cfg.reference, cfg.sequence)
   return loss_from_outputs(state, params, x, y0, y_ref, apply=apply, cfg=cfg, path=path)
+
+
+def warn_sequence(shape, cfg) -> None:
+  """Warn (at trace time, so once per compiled shape) when outputs [B, T, V] come without
+  cfg.sequence: the reference of a sample is then another sample's whole [T, V] output."""
+  if len(shape) >= 3 and not cfg.sequence and cfg.reference != "constant":
+    warnings.warn(
+        f"L3D: the target's outputs have shape {tuple(shape)} ([B, T, V]) but cfg.sequence is "
+        f"False, so reference={cfg.reference!r} treats each sample's [T, V] output as one "
+        "vector (another sample's whole sequence, or the batch mean of sequences); "
+        "sequence=True draws the reference for each (sample, position) from all B x T outputs "
+        "of the batch (the mean over positions too), as for a language model's tokens",
+        stacklevel=3)
 
 
 def loss(state: State, params, x: jax.Array, key, *, apply: Callable, cfg,

@@ -258,12 +258,54 @@ def test_paths_agree_for_kl_on_sequences_and_with_chunks():
   np.testing.assert_allclose(mf["active"], me["active"], rtol=1e-12)
 
 
-def test_auto_path_choice():
+# (model, B, n_w, n_v, forward multiply-adds / n_w, the faster path): BENCHMARKS.md's L3D rule
+# table (scripts/bench_l3d.py --sections=rule, one pinned core, d55c3a7 + this rule's commit);
+# near-ties (TM4 B 32 n_v 5: 0.283 vs 0.275 ms) left out
+_MEASURED = [
+    ("tm1", 32, 25, 5, 0.8, "explicit"), ("tm1", 1024, 25, 20, 0.8, "explicit"),
+    ("tm4", 256, 150, 5, 0.83, "explicit"), ("tm4", 1024, 150, 5, 0.83, "explicit"),
+    ("tm4", 1024, 150, 20, 0.83, "explicit"),
+    ("tm4w100", 32, 31405, 5, 0.99, "forward"), ("tm4w100", 256, 31405, 20, 0.99, "forward"),
+    ("tm4w100", 1024, 31405, 5, 0.99, "forward"),
+    ("mlp", 32, 17610, 5, 0.99, "forward"), ("mlp", 32, 17610, 20, 0.99, "explicit"),
+    ("mlp", 256, 17610, 5, 0.99, "forward"), ("mlp", 256, 17610, 20, 0.99, "forward"),
+    ("cnn", 32, 5794, 20, 8.04, "explicit"), ("cnn", 1024, 5794, 5, 8.04, "explicit"),
+    ("attn", 32, 4224, 5, 8.73, "explicit"), ("attn", 1024, 4224, 20, 8.73, "explicit"),
+    ("attn2", 256, 4224, 5, 2.0, "explicit"),  # T 2: the least reuse measured
+]
+
+
+@pytest.mark.parametrize("model,b,n_w,n_v,reuse,faster", _MEASURED)
+def test_auto_path_picks_the_measured_faster_path(model, b, n_w, n_v, reuse, faster):
+  assert l3d.choose_path(_cfg(), b, n_w, n_v, reuse) == faster
+
+
+def test_auto_path_memory_cap_and_fixed_paths():
   cfg = _cfg()
-  assert l3d.choose_path(cfg, 32, 25) == "explicit"     # TM1
-  assert l3d.choose_path(cfg, 32, 150) == "forward"     # TM4
+  assert l3d.choose_path(cfg, 1024, 8192, 5, 9.0) == "explicit"      # at the cap
+  assert l3d.choose_path(cfg, 1024, 8193, 5, 9.0) == "forward"       # past it, whatever reuse
   cfg.path = "forward"
-  assert l3d.choose_path(cfg, 32, 10) == "forward"
+  assert l3d.choose_path(cfg, 32, 10, 5, 9.0) == "forward"
+
+
+def test_forward_macs_count_products_and_convolutions():
+  mlp = lambda p, x: jnp.tanh(x @ p["a"]) @ p["b"]             # 3 -> 4 -> 2: 12 + 8
+  p = {"a": jnp.ones((3, 4)), "b": jnp.ones((4, 2))}
+  assert l3d.forward_macs(mlp, p, jnp.ones((7, 3))) == 20
+  conv = lambda p, x: jax.lax.conv_general_dilated(x, p["k"], (1, 1), "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  k = {"k": jnp.ones((3, 3, 2, 5))}                           # 8 x 8 outputs x 5 x (3 3 2)
+  assert l3d.forward_macs(conv, k, jnp.ones((4, 8, 8, 2))) == 64 * 5 * 18
+  seq = lambda p, x: jax.lax.scan(lambda c, xt: (c, xt @ p["a"]), 0.0, x.swapaxes(0, 1))[1]
+  assert l3d.forward_macs(seq, p, jnp.ones((2, 6, 3))) == 6 * 12  # 6 scanned steps
+  # a product reused over 8 positions takes the explicit path past the dense threshold
+  # (B n_w = 256 x 1056 > 2^16 x 2), where a dense target would go forward
+  w = {"w": jax.random.normal(jax.random.PRNGKey(0), (32, 33))}
+  x = jax.random.normal(jax.random.PRNGKey(1), (32, 8, 33))
+  apply = lambda p, x: x @ p["w"].T
+  assert l3d.forward_macs(apply, w, x) / 1056 == 8
+  assert l3d.choose_path(_cfg(), 256, 1056, 2, 1.0) == "forward"
+  assert l3d.choose_path(_cfg(), 256, 1056, 2, 8.0) == "explicit"
 
 
 def _parallel(n=4):
@@ -297,10 +339,12 @@ def test_training_recovers_the_parallel_blocks():
   opt = optax.adam(optax.exponential_decay(0.05, 1000, 0.5))
   state = train.init_state(l3d.init(jax.random.PRNGKey(0), params, cfg), opt,
                            jax.random.PRNGKey(1))
-  # the whole (fixed) batch every step, as frozen data: a batch_fn closing over x is refused
+  # the whole fixed set every step: a train.Frozen data set (a batch_fn ignoring its key is
+  # refused, train.check_batch)
   update = l3d.make_update(apply, cfg, lambda k, data: data, opt)
   state = train.fit(state, train.Frozen(params, x), update, total_steps=3000, workdir=None,
-                    log_every=0, steps_per_dispatch=1000)
+                    log_every=0,
+                    steps_per_dispatch=1000)
   for k in range(3):  # whatever the references
     val = l3d.loss(state.params, params, x, jax.random.PRNGKey(k), apply=apply, cfg=cfg)[0]
     assert float(val) < 1e-3
@@ -378,7 +422,7 @@ def test_update_normalises_the_decoder_but_not_the_encoder():
   opt = optax.sgd(0.5)
   state = train.init_state(l3d.init(jax.random.PRNGKey(0), params, cfg), opt,
                            jax.random.PRNGKey(1))
-  update = l3d.make_update(apply, cfg, lambda k, data: data, opt)
+  update = l3d.make_update(apply, cfg, lambda k, data: data, opt)  # the whole fixed set
   state, _ = jax.jit(update)(state, train.Frozen(params, x))
   np.testing.assert_allclose(l3d.subnet_norms(state.params.dec), np.ones(4), rtol=1e-6)
   assert np.max(np.abs(np.asarray(l3d.subnet_norms(state.params.enc)) - 1)) > 1e-3
