@@ -12,14 +12,22 @@ the components far from the kernels and the top-k model near chance there.
 from paramdecomp.runs.decompose_apd import default_config
 
 
-def get_config():
+# the weights of each variant: every Dense kernel of the digits MLP; the mod-add transformer's
+# token embedding and attention kernels (through their matrix views)
+_DECOMPOSE = {"digits": (r"params/Dense_\d+/kernel",),
+              "modadd": (r"params/tok/embedding", r"params/W_[QKVO]/kernel")}
+
+
+def get_config(variant: str = "digits"):
+  if variant not in _DECOMPOSE:
+    raise ValueError(f"unknown variant {variant!r}; use {' or '.join(_DECOMPOSE)}")
   c = default_config()
   c.apd.update(dict(
-      decompose=(r"params/Dense_\d+/kernel",), C=20, m=0, init="xavier_normal", init_scale=1.0,
+      decompose=_DECOMPOSE[variant], C=20, m=0, init="xavier_normal", init_scale=1.0,
       sparsity="batch_topk", topk=2.0, minimality_divergence="kl", attribution_output="log_probs",
-      faithfulness_norm="relative", faithfulness_coeff=100.0, minimality_coeff=1.0,
+      faithfulness_norm="entries", faithfulness_coeff=100.0, minimality_coeff=1.0,
       simplicity_coeff=0.1, schatten_p=0.9))
   c.batch_size = 256
-  c.optim.update(dict(lr=1e-3, schedule="cosine", warmup_pct=0.01, steps=5000))
+  c.optim.update(dict(lr=1e-3, schedule="cosine", warmup_pct=0.01, steps=3000))
   c.run.update(dict(log_every=500, steps_per_dispatch=100, checkpoint_every=0))
   return c
