@@ -1,11 +1,15 @@
-"""APD on the digits MLP (64 -> 100 -> 100 -> 10; every Dense kernel), a classifier: KL
-minimality on the logits, faithfulness per decomposed weight (docs/notes/apd_classifiers.md).
+"""APD on classifiers (docs/notes/apd_classifiers.md): KL minimality on the logits, gradient
+attributions on the log-probabilities, faithfulness weighted 100x. Variants: digits (the digits
+MLP 64 -> 100 -> 100 -> 10, every Dense kernel) and modadd (the mod-add transformer's token
+embedding and attention kernels, through their matrix views).
 
   python scripts/train_toy.py --config=paramdecomp/configs/digits_mlp.py --workdir=runs/digits
   python scripts/decompose.py --config=paramdecomp/configs/apd_digits.py \
       --config.target_dir=runs/digits --workdir=runs/apd_digits
+  python scripts/decompose.py --config=paramdecomp/configs/apd_digits.py:modadd \
+      --config.target_dir=runs/modadd --workdir=runs/apd_modadd
 
-Batches are drawn from the 1438 training digits (the runner's classifier plan). The values are
+Batches are drawn from the target's training inputs (the runner's classifier plan). The values are
 the starting point measured in docs/notes/apd_classifiers.md; the MSE defaults of the toys left
 the components far from the kernels and the top-k model near chance there.
 """
