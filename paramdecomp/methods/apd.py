@@ -47,6 +47,9 @@ COMPONENT_TYPES = (Factors,)  # what `sharding.shard_state` splits over the comp
 ATTRIBUTIONS = ("gradient", "ablation", "activation")
 ATTRIBUTION_MODELS = ("target", "apd")
 SPARSITY = ("batch_topk", "topk")
+DIVERGENCES = ("mse", "kl")
+ATTRIBUTION_OUTPUTS = ("raw", "log_probs")
+FAITHFULNESS_NORMS = ("entries", "per_weight", "relative")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -65,7 +68,14 @@ def default_config() -> ml_collections.ConfigDict:
                                  # input features (toy models whose input is the features)
       distil_from_target=False,  # the last component is always on and never selected
       faithfulness_coeff=1.0,
+      faithfulness_norm="entries",  # entries: sum_l |dW_l|^2 / N; per_weight: mean_l |dW_l|^2 /
+                                 # n_l; relative: mean_l |dW_l|^2 / |W_l|^2 (classifiers, LMs:
+                                 # a large embedding does not swamp the small weights)
       minimality_coeff=1.0,
+      minimality_divergence="mse",  # mse | kl: KL(softmax(target) || softmax(masked)) over the
+                                 # last axis, for outputs that are logits (classifiers, LMs)
+      attribution_output="raw",  # raw | log_probs: gradient / ablation attributions on the
+                                 # outputs as they are or on log_softmax of them (logits)
       simplicity_coeff=0.7,
       schatten_p=1.0,
       act_recon_coeff=0.0,       # hidden-activation reconstruction (ResidMLP: 1)
@@ -84,6 +94,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   cfglib.one_of(cfg, "attribution_model", ATTRIBUTION_MODELS)
   cfglib.one_of(cfg, "sparsity", SPARSITY)
   cfglib.one_of(cfg, "formulation", ("topk", "lp"))
+  cfglib.one_of(cfg, "minimality_divergence", DIVERGENCES)
+  cfglib.one_of(cfg, "attribution_output", ATTRIBUTION_OUTPUTS)
+  cfglib.one_of(cfg, "faithfulness_norm", FAITHFULNESS_NORMS)
+  cfglib.require(cfg.formulation != "lp" or cfg.minimality_divergence == "mse",
+                 "minimality_divergence", "the lp formulation's minimality is on attributions, "
+                 "not outputs: leave it 'mse'")
   cfglib.require(cfg.formulation != "lp" or cfg.attribution == "gradient", "attribution",
                  "the lp formulation uses gradient attributions")
   cfglib.positive(cfg, "lp_p")
@@ -196,6 +212,7 @@ def _mean_sq_gradient_attribution(apply, params, comps: FactorMap, x, cfg) -> ja
   P_c a, computed through the factors, and the dense P_c is never formed.
   """
   paths = list(comps)
+  apply = _attribution_apply(apply, cfg)
   factors = {}
   if cfg.attribution_model == "apd":
     factors = jax.lax.stop_gradient(_all_components(comps))
@@ -206,6 +223,15 @@ def _mean_sq_gradient_attribution(apply, params, comps: FactorMap, x, cfg) -> ja
   fn = lambda shifts: trace_matmuls(apply, params, factors, x, paths, shifts, views)[0]
   _, dots = directional_derivatives(fn, zeros, tangents)                          # [C, B, ...]
   return jnp.mean(dots.reshape(dots.shape[:2] + (-1,)) ** 2, axis=-1).T
+
+
+def _attribution_apply(apply: Callable, cfg) -> Callable:
+  """The function whose outputs the gradient and ablation attributions differentiate: the model,
+  or its log-probabilities (`attribution_output='log_probs'`), which drops the direction that
+  shifts every logit alike and changes no prediction."""
+  if cfg.attribution_output == "raw":
+    return apply
+  return lambda params, x: jax.nn.log_softmax(apply(params, x), axis=-1)
 
 
 def attributions(apply: Callable, params, state: State, x: jax.Array, cfg) -> jax.Array:
@@ -220,6 +246,7 @@ def attributions(apply: Callable, params, state: State, x: jax.Array, cfg) -> ja
   totals = {p: lowrank.total(f).reshape(leaf[p]) for p, f in comps.items()}
   mats = {p: lowrank.components(f).reshape((-1,) + leaf[p]) for p, f in comps.items()}  # [C, ...]
   # ablation: output change when component c alone is removed from the all-components model
+  apply = _attribution_apply(apply, cfg)
   full = apply(_with(params, totals), x)
   ablated = jax.vmap(lambda ms: apply(_with(params, {p: totals[p] - ms[p] for p in ms}), x))(mats)
   diff = (ablated - full[None]).reshape(ablated.shape[:2] + (-1,))
@@ -308,6 +335,37 @@ def component_use(apply: Callable, params, state: State, x: jax.Array, cfg) -> j
   return jnp.mean(mask_from(attributions(apply, params, state, x, cfg), cfg, x), axis=0)
 
 
+def faithfulness(params, comps: FactorMap, norm: str = "entries") -> jax.Array:
+  """The faithfulness loss (§1.5) with dW_l = W*_l - sum_c P_c,l over the decomposed weights l:
+  'entries' sum_l |dW_l|^2 / sum_l n_l (n_l: entries of W_l); 'per_weight' mean_l |dW_l|^2 / n_l
+  (each weight's mean squared error counts alike, whatever its size); 'relative'
+  mean_l |dW_l|^2 / |W*_l|^2 (each weight's squared relative error, free of its scale too)."""
+  target = pytree.get(params, list(comps))
+  sq = {p: jnp.sum((target[p] - lowrank.total(f).reshape(target[p].shape)) ** 2)
+        for p, f in comps.items()}
+  if norm == "entries":
+    return sum(sq.values()) / sum(target[p].size for p in sq)
+  if norm == "per_weight":
+    return sum(sq[p] / target[p].size for p in sq) / len(sq)
+  if norm == "relative":   # a zero weight would divide by zero: its error then counts as is
+    scale = {p: jnp.maximum(jnp.sum(w ** 2), jnp.finfo(w.dtype).tiny) for p, w in target.items()}
+    return sum(sq[p] / scale[p] for p in sq) / len(sq)
+  raise ValueError(f"faithfulness norm {norm!r} is not one of {FAITHFULNESS_NORMS}")
+
+
+def divergence(y: jax.Array, y_star: jax.Array, kind: str = "mse") -> jax.Array:
+  """How far outputs y are from the target's y_star (same shape [B, ..., K]): 'mse' the mean of
+  (y - y_star)^2 over every entry; 'kl' KL(softmax(y_star) || softmax(y)) over the last axis
+  (summed over the K classes), averaged over the batch and any position axes."""
+  chex.assert_equal_shape((y, y_star))
+  if kind == "mse":
+    return jnp.mean((y - y_star) ** 2)
+  if kind == "kl":
+    log_t, log_y = jax.nn.log_softmax(y_star, axis=-1), jax.nn.log_softmax(y, axis=-1)
+    return jnp.mean(jnp.sum(jnp.exp(log_t) * (log_t - log_y), axis=-1))
+  raise ValueError(f"divergence {kind!r} is not one of {DIVERGENCES}")
+
+
 def loss(state: State, params, x: jax.Array, key, *, apply: Callable, cfg):
   """(total loss, metrics) on batch x [B, ...] (§1.5): the top-k formulation, or with
   ``cfg.formulation == 'lp'`` the L_p attribution-sparsity one. `key` is unused."""
@@ -316,9 +374,7 @@ def loss(state: State, params, x: jax.Array, key, *, apply: Callable, cfg):
   check_batched(apply, params, x)
   comps = state.factors
   n = n_decomposed(params, state)
-  target = pytree.get(params, list(comps))
-  faith = sum(jnp.sum((target[p] - lowrank.total(f).reshape(target[p].shape)) ** 2)
-              for p, f in comps.items()) / n
+  faith = faithfulness(params, comps, cfg.faithfulness_norm)
   per_comp = sum(lowrank.schatten(f, cfg.schatten_p) for f in comps.values())  # [C]
 
   if cfg.formulation == "lp":
@@ -341,7 +397,7 @@ def loss(state: State, params, x: jax.Array, key, *, apply: Callable, cfg):
   metrics = {}
   if watch:
     metrics["act_recon"] = activation_mse(outs, target_outs, cfg.act_recon_relu)
-  minimality = jnp.mean((y_s - y_star) ** 2)
+  minimality = divergence(y_s, y_star, cfg.minimality_divergence)
   simplicity = jnp.mean(mask @ per_comp) / n
 
   total = (cfg.faithfulness_coeff * faith + cfg.minimality_coeff * minimality

@@ -48,7 +48,8 @@ def summarize(c, plan, target, tcfg, raw, state: apd.State, key, out_dir) -> dic
   `apd.State`)."""
   del raw
   apply, params, mcfg = plan.apply, plan.params, plan.cfg
-  x = plan.batch_fn(jax.random.fold_in(key, 2))
+  k = jax.random.fold_in(key, 2)
+  x = plan.batch_fn(k) if plan.data is None else plan.batch_fn(k, plan.data)
   total, metrics = jax.jit(lambda cp, p, x: apd.loss(cp, p, x, None, apply=apply, cfg=mcfg))(
       state, params, x)
   out = {"loss": float(total), **{k: float(v) for k, v in metrics.items()}}

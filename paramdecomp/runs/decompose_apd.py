@@ -1,6 +1,8 @@
 """APD on a saved target (docs/methods/apd.md): the method's pieces for the one runner."""
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -45,13 +47,20 @@ def optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
 
 
 def plan(c, target, tcfg, raw, key) -> runner.Plan:
+  """A target with a `batch` is decomposed on fresh batches; a classifier (a fixed `dataset`)
+  on batches drawn from its training inputs, held on device as the run's data."""
   del key
   apply, params = target.decomposable(tcfg.model, raw)
+  data, batch_fn = None, lambda k: target.batch(k, tcfg, c.batch_size)
+  if target.is_classifier:
+    data = jnp.asarray(target.dataset(tcfg)["train_x"])
+    # with replacement only when the batch is larger than the training split
+    replace = c.batch_size > data.shape[0]
+    batch_fn = lambda k, d: d[jax.random.choice(k, d.shape[0], (c.batch_size,), replace=replace)]
   return runner.Plan(
-      apply=apply, params=params, cfg=c.apd,
-      batch_fn=lambda k: target.batch(k, tcfg, c.batch_size), optimizer=optimizer(c),
+      apply=apply, params=params, cfg=c.apd, batch_fn=batch_fn, optimizer=optimizer(c),
       phases=(runner.Phase("apd", c.apd, c.optim.steps),),
-      steps_per_dispatch=c.run.steps_per_dispatch)
+      steps_per_dispatch=c.run.steps_per_dispatch, data=data)
 
 
 # a resumed run may run longer and be analysed differently, nothing else
