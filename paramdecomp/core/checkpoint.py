@@ -93,7 +93,8 @@ def load_tree(path: str, like: PyTree | None = None, as_numpy: bool = False) -> 
   restored whole whatever mesh wrote it: as jax arrays on this process's first local
   device, or with `as_numpy` as host numpy arrays in the saved dtypes (float64 kept without
   jax_enable_x64). `like` (arrays or ShapeDtypeStructs) fixes the structure and dtypes;
-  default: the saved ones. Giving every leaf its target avoids orbax's missing-sharding
+  default: the saved ones (containers as dicts: `Checkpointer.restore` with a `like` state
+  keeps the types). Giving every leaf its target avoids orbax's missing-sharding
   warnings."""
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, "default")):   # a run's step directory: read its item
@@ -110,12 +111,6 @@ def load_tree(path: str, like: PyTree | None = None, as_numpy: bool = False) -> 
     if like is None:
       like = ckptr.metadata(path).item_metadata
     return ckptr.restore(path, jax.tree.map(target, like))
-
-
-def load_on_one_device(path: str) -> PyTree:
-  """`load_tree(path)`: any saved pytree restored whole onto this process's first device
-  (containers as dicts: `Checkpointer.restore` with a `like` state keeps the types)."""
-  return load_tree(path)
 
 
 def save_json(path: str, obj) -> None:

@@ -45,17 +45,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cfglib.one_of(c, "optim.schedule", schedules.KINDS)
 
 
-def classifier_metrics(logits: jax.Array, y: jax.Array) -> dict:
-  """Mean cross-entropy and accuracy of logits [B, K] against integer labels [B]."""
-  return metrics.classification(logits, y)
-
-
 def evaluate_classifier(apply, params, x, y, chunk: int = 4096) -> dict:
   """Loss and accuracy of a classifier ``apply`` over a whole split (chunks of `chunk`)."""
   apply = jax.jit(apply)
   tot, n = {"loss": 0.0, "accuracy": 0.0}, x.shape[0]
   for i in range(0, n, chunk):
-    m = classifier_metrics(apply(params, x[i:i + chunk]), y[i:i + chunk])
+    m = metrics.classification(apply(params, x[i:i + chunk]), y[i:i + chunk])
     tot = {k: tot[k] + float(m[k]) * min(chunk, n - i) for k in tot}
   return {k: v / n for k, v in tot.items()}
 
@@ -72,7 +67,7 @@ def _loss_fn(target: Target, c: ml_collections.ConfigDict, n_train: int):
     def loss_fn(p, fz, key):
       fz, d = fz
       idx = jax.random.choice(key, n_train, (c.data.batch_size,), replace=False)
-      m = classifier_metrics(apply({**p, **fz}, d["x"][idx]), d["y"][idx])
+      m = metrics.classification(apply({**p, **fz}, d["x"][idx]), d["y"][idx])
       return m["loss"], {"accuracy": m["accuracy"]}
   else:
     def loss_fn(p, fz, key):

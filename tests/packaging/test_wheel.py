@@ -1,5 +1,6 @@
 """The built wheel: what it installs, and that an installed copy works outside the repository."""
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,9 +12,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
-  out = tmp_path_factory.mktemp("dist")
-  subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", ROOT, "-w", str(out)],
-                 check=True, capture_output=True)
+  """The wheel of the tracked sources, built from a copy of them: an in-tree build reuses (and
+  leaves) build/, whose stale files would hide a module the package no longer ships."""
+  src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("dist")
+  files = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout.split()
+  for f in files:
+    dest = src / f
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.islink(os.path.join(ROOT, f)):
+      os.symlink(os.readlink(os.path.join(ROOT, f)), dest)
+    else:
+      shutil.copy2(os.path.join(ROOT, f), dest)
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(src), "-w",
+                  str(out)], check=True, capture_output=True)
   (path,) = [out / f for f in os.listdir(out) if f.endswith(".whl")]
   return path
 

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from paramdecomp.core import train
-from paramdecomp.core.checkpoint import Checkpointer, MissingCheckpointError, load_on_one_device
+from paramdecomp.core.checkpoint import Checkpointer, MissingCheckpointError, load_tree
 from paramdecomp.core.config import ConfigError
 from paramdecomp.runs import decompose_apd as decomposition
 from paramdecomp.runs import targets as training
@@ -40,7 +40,7 @@ def _decompose_cmd(target_dir, workdir, steps, *extra):
 
 
 def _final_state(workdir, step):
-  return jax.tree.leaves(load_on_one_device(os.path.join(workdir, "checkpoints", str(step),
+  return jax.tree.leaves(load_tree(os.path.join(workdir, "checkpoints", str(step),
                                                          "default")))
 
 
@@ -159,7 +159,7 @@ def test_apd_decomposes_the_configured_network_not_the_modules_default(tmp_path)
   s = decomposition.decompose(c, str(tmp_path / "apd"))
   _, tcfg, params = training.load_target(str(tmp_path / "t"))
   ck = Checkpointer(str(tmp_path / "apd"))
-  saved = load_on_one_device(os.path.join(ck.directory, "20", "default"))["params"]["factors"]
+  saved = load_tree(os.path.join(ck.directory, "20", "default"))["params"]["factors"]
   comps = apd.State({p: Factors(**f) for p, f in saved.items()})   # U, V restored as arrays
   ck.close()
   x = registry.get("squares").batch(jax.random.fold_in(jax.random.PRNGKey(c.seed), 2), tcfg, 64)
@@ -212,7 +212,7 @@ def test_load_run_reopens_state_types_metrics_and_summary(target_dir, tmp_path, 
   assert half.step == 20
   assert not np.array_equal(jax.tree.leaves(half.state)[0], jax.tree.leaves(run.state)[0])
   # a step directory reads whole, without the '/default' suffix
-  raw = load_on_one_device(str(tmp_path / "run" / "checkpoints" / "40"))
+  raw = load_tree(str(tmp_path / "run" / "checkpoints" / "40"))
   np.testing.assert_array_equal(jax.tree.leaves(raw["params"])[0], jax.tree.leaves(run.state)[0])
 
 

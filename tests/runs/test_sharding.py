@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from paramdecomp.core.checkpoint import load_on_one_device
+from paramdecomp.core.checkpoint import load_tree
 from paramdecomp.core.config import ConfigError
 from paramdecomp.runs import decompose_l3d as l3d_decomposition
 from paramdecomp.runs import targets as training
@@ -99,7 +99,7 @@ def _two_processes(cmd, *args):
 
 
 def _final(workdir, step=STEPS):
-  tree = load_on_one_device(os.path.join(workdir, "checkpoints", str(step), "default"))
+  tree = load_tree(os.path.join(workdir, "checkpoints", str(step), "default"))
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
