@@ -46,7 +46,8 @@ from paramdecomp.core.grads import (directional_derivatives, per_sample_grad_sq_
                                per_sample_grads)
 
 DIVERGENCES = ("mse", "kl")
-REFERENCES = ("batch", "mean", "constant")
+# the reference output y_r of §3.1 (docs/methods/l3d.md §3.1.1): 'constant' is 'zero' by its old name
+REFERENCES = ("batch", "mean", "zero", "constant", "uniform")
 PATHS = ("auto", "explicit", "forward")
 DECODER_NORMS = ("l2", "reference")
 LOSS_EPS = 1e-10
@@ -100,8 +101,9 @@ def default_config() -> ml_collections.ConfigDict:
       rank=1,                # Tucker rank of every mode of every tensor (clipped to the mode size)
       topk=0.1,              # fraction of the B x n_v coefficients kept by batch top-k
       divergence="mse",      # mse (squared-error surrogate) | kl (softmax outputs, last axis)
-      reference="batch",     # batch: another sample's output (with replacement) | mean output |
-                             # constant: all zeros (uniform logits for kl)
+      reference="zero",      # zero (alias constant): all zeros, the uniform distribution for kl |
+                             # mean: the batch-mean output | uniform: logits log(1/n_o) |
+                             # batch: another sample's output, with replacement (the paper's text)
       sequence=False,        # outputs [B, T, ...]: references drawn over batch x position
       decoder_norm="l2",     # l2 (global, unit v_k) | reference (sqrt of summed tensor norms)
       path="auto",           # auto | explicit | forward
@@ -241,13 +243,19 @@ def divergence(y: jax.Array, y0: jax.Array, y_ref: jax.Array, kind: str = "mse")
   raise ValueError(f"unknown divergence {kind!r}; use one of {DIVERGENCES}")
 
 
-def references(key, y0: jax.Array, mode: str = "batch", sequence: bool = False) -> jax.Array:
+def references(key, y0: jax.Array, mode: str = "zero", sequence: bool = False) -> jax.Array:
   """[B, ...] stop-gradient reference outputs for the outputs y0 [B, ...] of a batch.
 
-  'batch': each sample (or, with `sequence`, each (sample, position) of y0 [B, T, ...]) gets the
-  output of one drawn uniformly with replacement from the batch (possibly itself); 'mean': the
-  batch-mean output (over positions too with `sequence`); 'constant': zeros, the constant
-  output of §3.1's first candidate (for 'kl' the uniform distribution).
+  'zero' (alias 'constant'): zeros, the constant output of §3.1's first candidate (for 'kl' the
+  uniform distribution); 'uniform': constant logits log(1/n_o) over the last axis (the same
+  distribution as 'zero' under 'kl'; the authors' CNN passes it); 'mean': the batch-mean output
+  (over positions too with `sequence`); 'batch': each sample (or, with `sequence`, each
+  (sample, position) of y0 [B, T, ...]) gets the output of one drawn uniformly with replacement
+  from the batch (possibly itself), as the paper's text describes.
+
+  The default is 'zero' because it is what the authors' code passes for TM2, TM3 and the
+  transformer, and (as uniform logits) the CNN; their TMS (TM1) and squares (TM4) scripts pass
+  the batch mean, which those toys' configs set (docs/methods/l3d.md §3.1.1).
   """
   y0 = jax.lax.stop_gradient(y0)
   lead = 2 if sequence else 1
@@ -257,8 +265,10 @@ def references(key, y0: jax.Array, mode: str = "batch", sequence: bool = False) 
   pool = y0.reshape((-1,) + y0.shape[lead:])
   if mode == "mean":
     return jnp.broadcast_to(jnp.mean(pool, axis=0), y0.shape)
-  if mode == "constant":
+  if mode in ("zero", "constant"):
     return jnp.zeros_like(y0)
+  if mode == "uniform":
+    return jnp.full_like(y0, -jnp.log(y0.shape[-1]))
   if mode == "batch":
     idx = jax.random.randint(key, n, 0, pool.shape[0])
     return pool[idx]
@@ -426,7 +436,7 @@ def batch_loss(state: State, params, x: jax.Array, key, *, apply: Callable, cfg,
 def warn_sequence(shape, cfg) -> None:
   """Warn (at trace time, so once per compiled shape) when outputs [B, T, V] come without
   cfg.sequence: the reference of a sample is then another sample's whole [T, V] output."""
-  if len(shape) >= 3 and not cfg.sequence and cfg.reference != "constant":
+  if len(shape) >= 3 and not cfg.sequence and cfg.reference in ("batch", "mean"):
     warnings.warn(
         f"L3D: the target's outputs have shape {tuple(shape)} ([B, T, V]) but cfg.sequence is "
         f"False, so reference={cfg.reference!r} treats each sample's [T, V] output as one "
