@@ -2,7 +2,8 @@
 
   python scripts/decompose.py --config=paramdecomp/configs/apd_tms.py:5-2 \
       --config.target_dir=runs/tms_5-2 --workdir=runs/apd_tms_5-2
-Variants: 5-2, 40-10, 5-2-lp (the Lp-sparsity formulation, which the paper found worse).
+Variants: 5-2, 40-10, 5-2-lp (the Lp-sparsity formulation, which the paper found worse), and any
+other size N-H (`sized`, the rule for other TMS sizes: results/apd_tms.md).
 """
 from paramdecomp.runs.decompose_apd import default_config
 
@@ -24,6 +25,21 @@ def get_config(variant: str = "5-2"):
                       simplicity_coeff=1.0, schatten_p=1.0, unit_norm_matrices=True))
     c.optim.update(dict(lr=0.3, schedule="constant", warmup_pct=0.1, steps=20_000))
   else:
-    raise ValueError(f"unknown variant {variant!r}; use 5-2, 40-10 or 5-2-lp")
+    n, _, h = variant.partition("-")
+    if not (n.isdigit() and h.isdigit()):
+      raise ValueError(f"unknown variant {variant!r}; use 5-2, 40-10, 5-2-lp or N-H")
+    c = sized(int(n), int(h), c)
   c.batch_size = 2048
+  return c
+
+
+def sized(n_features: int, n_hidden: int, c=None, p: float = 0.05):
+  """The 5-2 settings carried to a TMS N-H target (feature probability p): C = N components of
+  rank m = H + 1, batch top-k keeping as many components as the batch has active features
+  (`exact_topk`; k = p N on average), the 5-2 coefficients and lr."""
+  c = c or default_config()
+  c.apd.update(dict(C=n_features, m=n_hidden + 1, topk=p * n_features, exact_topk=True,
+                    faithfulness_coeff=1.0, minimality_coeff=1.0, simplicity_coeff=0.7,
+                    schatten_p=1.0))
+  c.optim.update(dict(lr=3e-2, schedule="constant", warmup_pct=0.05, steps=20_000))
   return c

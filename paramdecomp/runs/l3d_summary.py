@@ -50,11 +50,12 @@ def reconstruction(c, plan, state: l3d.State, held, key) -> dict:
     _, m = l3d.batch_loss(s, p, x, k, apply=apply, cfg=cfg)
     return m["err"], m["total"]
 
-  def losses(xs, k):
-    """(mean of the per-batch losses, the loss pooled over all batches)."""
+  def losses(xs, k, st=None):
+    """(mean of the per-batch losses, the loss pooled over all batches) of state `st`."""
+    st = state if st is None else st
     nb = xs.shape[0] // c.batch_size
     ks = jax.random.split(k, nb)
-    et = np.array([err_total(state, params, xs[i * c.batch_size:(i + 1) * c.batch_size], ks[i])
+    et = np.array([err_total(st, params, xs[i * c.batch_size:(i + 1) * c.batch_size], ks[i])
                    for i in range(nb)], dtype=np.float64)
     return (float(np.mean(et[:, 0] / (et[:, 1] + l3d.LOSS_EPS))),
             float(et[:, 0].sum() / (et[:, 1].sum() + l3d.LOSS_EPS)))
@@ -69,7 +70,13 @@ def reconstruction(c, plan, state: l3d.State, held, key) -> dict:
     # no n_v subnetworks can beat it, top-k or not
     out["recon_bound_heldout"] = ms.energy_outside_top(g, [cfg.n_subnets])[0]
     if plan.extra["tcfg"].data.get("group_size", 1) == 1:
-      out.update(feature_direction_measures(apply, params, state, c, g, xg, held))
+      fd = ms.feature_directions(g, xg, l3d.blocks(state.dec))
+      out.update(feature_direction_measures(apply, params, fd, c, g, xg, held))
+      # one subnetwork per feature at best: the features' own directions as encoder and decoder,
+      # on the same held-out batches and references
+      if len(fd[next(iter(fd))].core) == cfg.n_subnets:
+        out["feature_direction_recon_heldout"] = losses(
+            held, jax.random.fold_in(key, 6), l3d.State(fd, fd))[0]
   return out
 
 
@@ -118,12 +125,11 @@ def draw_figures(c, plan, state: l3d.State, held, uses, workdir) -> list[str]:
                                   os.path.join(workdir, "perturbation_sweeps.png"))]
 
 
-def feature_direction_measures(apply, params, state, c, g, xg, held) -> dict:
+def feature_direction_measures(apply, params, fd, c, g, xg, held) -> dict:
   """What one subnetwork per input feature could show at best (`l3d_measures.feature_directions`:
   each feature's top gradient direction): its specificity (same measure and delta as the
   subnetworks'), and the share of each feature's gradient energy on parameters no other sample
-  moves (`private_share`)."""
-  fd = ms.feature_directions(g, xg, l3d.blocks(state.dec))
+  moves (`private_share`). fd: the directions as a decoder map (`ms.feature_directions`)."""
   uses = held != 0
   return {"feature_direction_specificity": _rounded(ms.specificity(
               ms.output_change(apply, params, fd, held, c.perturb_delta), uses)),

@@ -60,7 +60,7 @@ def batch(key, c: ml_collections.ConfigDict, batch_size: int | None = None) -> j
   return registry.of(c.model).batch(key, c, batch_size or c.data.batch_size)
 
 
-def _loss_fn(target: Target, c: ml_collections.ConfigDict, n_train: int):
+def loss_fn(target: Target, c: ml_collections.ConfigDict, n_train: int):
   """The target's training loss ``(trainable, frozen, key) -> (loss, metrics)``."""
   apply = target.make_apply(c.model)
   if target.is_classifier:
@@ -97,7 +97,7 @@ def train_target(c: ml_collections.ConfigDict, workdir: str, resume: bool = Fals
   ck = Checkpointer(workdir)
   state = ck.start(state, resume)
   save_json(os.path.join(workdir, "config.json"), c.to_dict())
-  update = train.make_update(_loss_fn(target, c, n_train), opt)
+  update = train.make_update(loss_fn(target, c, n_train), opt)
   state = train.fit(state, frozen, update, total_steps=c.optim.steps, workdir=workdir,
                     log_every=c.run.log_every, steps_per_dispatch=c.run.steps_per_dispatch,
                     checkpoint_every=c.run.checkpoint_every, checkpointer=ck, name="target")

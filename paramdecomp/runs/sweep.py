@@ -1,0 +1,72 @@
+"""Seed sweeps in one program: the same target recipe or APD run for many seeds at once, the
+seeds stacked on a leading axis and every step vmapped over them (a small toy is dispatch-bound,
+so S seeds cost about as much as one). For measuring how often a recipe succeeds; the runs of
+record go through the runner (`decompose_apd`, `targets.train_target`)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from paramdecomp.core import lowrank, schedules, train
+from paramdecomp.core.metrics import mmcs_ml2r
+from paramdecomp.methods import apd
+from paramdecomp.runs import decompose_apd, targets
+from paramdecomp.toy_models import registry, tms
+
+
+def stack(trees: list):
+  """The trees stacked on a new leading (seed) axis."""
+  return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+def run_steps(update, states, frozen, steps: int, chunk: int = 500):
+  """`steps` applications of ``update(TrainState, frozen)`` to every seed of the stacked
+  `states` (with its stacked `frozen`), `chunk` steps per compiled dispatch."""
+  if steps % chunk:
+    raise ValueError(f"steps={steps} is not a multiple of chunk={chunk}")
+
+  @jax.jit
+  def multi(ts, fz):
+    return jax.lax.scan(lambda s, _: (jax.vmap(update)(s, fz)[0], None), ts, None,
+                        length=chunk)[0]
+
+  for _ in range(steps // chunk):
+    states = multi(states, frozen)
+  return states
+
+
+def tms_targets(c, seeds) -> dict:
+  """Stacked params [S, ...] of the regression target of config `c` (model, data, optim) trained
+  with each seed as `targets.train_target` trains it (AdamW, the target's loss and batches)."""
+  target = registry.of(c.model)
+  sched = schedules.lr_schedule(c.optim.lr, c.optim.steps, c.optim.warmup_pct, c.optim.schedule)
+  opt = optax.adamw(sched, b1=c.optim.b1, b2=c.optim.b2, weight_decay=c.optim.weight_decay)
+  update = train.make_update(targets.loss_fn(target, c, 0), opt)
+  states = stack([train.init_state(target.init(jax.random.PRNGKey(s), c.model), opt,
+                                   jax.random.PRNGKey(s + 1)) for s in seeds])
+  return run_steps(update, states, stack([{} for _ in seeds]), c.optim.steps).params
+
+
+def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0) -> list[dict]:
+  """APD (decomposition config `dcfg`, `decompose_apd`'s schema) on each stacked TMS target of
+  `params` [S, ...]; per seed: MMCS and ML2R of the components against W."""
+  target = registry.of(tcfg.model)
+  first = jax.tree.map(lambda a: a[0], params)
+  apply, _ = target.decomposable(tcfg.model, first)
+  batch_fn = lambda k: target.batch(k, tcfg, dcfg.batch_size)
+  opt = decompose_apd.optimizer(dcfg)
+  update = apd.make_update(apply, dcfg.apd, batch_fn, opt)
+  x = batch_fn(jax.random.PRNGKey(0))
+  states = stack([train.init_state(
+      apd.init(jax.random.PRNGKey(s + seed_offset), jax.tree.map(lambda a: a[i], params),
+               dcfg.apd, apply=apply, x=x), opt, jax.random.PRNGKey(s + seed_offset + 1))
+      for i, s in enumerate(seeds)])
+  states = run_steps(update, states, params, dcfg.optim.steps)
+  out = []
+  for i, s in enumerate(seeds):
+    p, st = jax.tree.map(lambda a: a[i], (params, states.params))
+    mm, ml = mmcs_ml2r(p["W"], lowrank.components(st.factors["W"]))
+    out.append({"seed": s, "mmcs": float(mm), "ml2r": float(ml),
+                "represented_features": int(tms.represented_features(p).sum())})
+  return out

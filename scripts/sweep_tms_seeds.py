@@ -1,0 +1,53 @@
+"""How often a TMS target recipe, or APD on it, succeeds over many seeds, in one vmapped program
+(`paramdecomp.runs.sweep`): every seed's target, and with --config every seed's decomposition.
+
+  python scripts/sweep_tms_seeds.py --target=5-2 --seeds=10                     # targets only
+  python scripts/sweep_tms_seeds.py --target=5-2 --seeds=10 \\
+      --config=paramdecomp/configs/apd_tms.py:5-2 [--config.apd.exact_topk=True]
+Prints, per seed, the features the target represents and (with --config) MMCS / ML2R; seed s
+trains target s and decomposes it with key s + --seed_offset. --paper_bias trains the targets
+from torch's default decoder bias (the paper's recipe) instead of zero.
+"""
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+import numpy as np
+
+from paramdecomp.configs import tms as tms_configs
+from paramdecomp.core import cli
+from paramdecomp.runs import sweep
+
+_TARGET = flags.DEFINE_string("target", "5-2", "TMS variant of paramdecomp/configs/tms.py.")
+_SEEDS = flags.DEFINE_integer("seeds", 10, "Seeds 0..n-1.")
+_OFFSET = flags.DEFINE_integer("seed_offset", 0, "Added to the decomposition seeds.")
+_PAPER_BIAS = flags.DEFINE_bool("paper_bias", False, "Targets from torch's default bias.")
+_OUT = flags.DEFINE_string("out", None, "Write the rows as JSON here.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "APD config (optional).")
+
+
+def main(argv):
+  del argv
+  tc = tms_configs.get_config(_TARGET.value)
+  tc.model.bias_zero_init = not _PAPER_BIAS.value
+  seeds = list(range(_SEEDS.value))
+  params = sweep.tms_targets(tc, seeds)
+  rep = [int(v) for v in (np.linalg.norm(np.asarray(params["W"]), axis=1) >= 0.5).sum(1)]
+  rows = [{"seed": s, "represented_features": r} for s, r in zip(seeds, rep)]
+  if _CONFIG.value is not None:
+    rows = sweep.apd_tms(tc, _CONFIG.value, params, seeds, _OFFSET.value)
+  n = tc.model.n_features
+  print(f"TMS {_TARGET.value}: every feature represented on "
+        f"{sum(r['represented_features'] == n for r in rows)} of {len(rows)} seeds")
+  for r in rows:
+    print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+  if _CONFIG.value is not None:
+    mm = np.array([r["mmcs"] for r in rows])
+    print(f"MMCS >= 0.99 on {(mm >= 0.99).sum()} of {len(mm)}, >= 0.98 on {(mm >= 0.98).sum()}")
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+  cli.run(main)
