@@ -14,30 +14,28 @@ from absl import app, flags
 from ml_collections import config_flags
 import numpy as np
 
-from paramdecomp.configs import tms as tms_configs
 from paramdecomp.core import cli
 from paramdecomp.runs import sweep
 
-_TARGET = flags.DEFINE_string("target", "5-2", "TMS variant of paramdecomp/configs/tms.py.")
+_TARGET = config_flags.DEFINE_config_file("target", "paramdecomp/configs/tms.py:5-2",
+                                           "Target config (a TMS one).")
 _SEEDS = flags.DEFINE_integer("seeds", 10, "Seeds 0..n-1.")
 _OFFSET = flags.DEFINE_integer("seed_offset", 0, "Added to the decomposition seeds.")
-_PAPER_BIAS = flags.DEFINE_bool("paper_bias", False, "Targets from torch's default bias.")
 _OUT = flags.DEFINE_string("out", None, "Write the rows as JSON here.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "APD config (optional).")
 
 
 def main(argv):
   del argv
-  tc = tms_configs.get_config(_TARGET.value)
-  tc.model.bias_zero_init = not _PAPER_BIAS.value
+  tc = _TARGET.value
   seeds = list(range(_SEEDS.value))
   params = sweep.tms_targets(tc, seeds)
   rep = [int(v) for v in (np.linalg.norm(np.asarray(params["W"]), axis=1) >= 0.5).sum(1)]
   rows = [{"seed": s, "represented_features": r} for s, r in zip(seeds, rep)]
+  n = tc.model.n_features
   if _CONFIG.value is not None:
     rows = sweep.apd_tms(tc, _CONFIG.value, params, seeds, _OFFSET.value)
-  n = tc.model.n_features
-  print(f"TMS {_TARGET.value}: every feature represented on "
+  print(f"TMS {n}-{tc.model.n_hidden}: every feature represented on "
         f"{sum(r['represented_features'] == n for r in rows)} of {len(rows)} seeds")
   for r in rows:
     print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))

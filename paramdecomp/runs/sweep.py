@@ -58,10 +58,12 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0) -> list[dict]
   opt = decompose_apd.optimizer(dcfg)
   update = apd.make_update(apply, dcfg.apd, batch_fn, opt)
   x = batch_fn(jax.random.PRNGKey(0))
+  # the runner's keys (runner._state): a sweep seed is the run of that seed
+  keys = [jax.random.PRNGKey(s + seed_offset) for s in seeds]
   states = stack([train.init_state(
-      apd.init(jax.random.PRNGKey(s + seed_offset), jax.tree.map(lambda a: a[i], params),
-               dcfg.apd, apply=apply, x=x), opt, jax.random.PRNGKey(s + seed_offset + 1))
-      for i, s in enumerate(seeds)])
+      apd.init(jax.random.fold_in(k, 0), jax.tree.map(lambda a: a[i], params), dcfg.apd,
+               apply=apply, x=x), opt, jax.random.fold_in(k, 1))
+      for i, k in enumerate(keys)])
   states = run_steps(update, states, params, dcfg.optim.steps)
   out = []
   for i, s in enumerate(seeds):
