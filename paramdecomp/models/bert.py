@@ -74,6 +74,11 @@ def init(key, c: ml_collections.ConfigDict) -> dict:
   return Encoder(encoder_spec(c)).init(key, jnp.ones((1, min(c.max_len, 8)), jnp.int32))
 
 
+def template(c: ml_collections.ConfigDict) -> dict:
+  """The params' `jax.ShapeDtypeStruct`s (what the importer fills)."""
+  return jax.eval_shape(lambda k: init(k, c), jax.random.PRNGKey(0))
+
+
 def make_apply(c: ml_collections.ConfigDict):
   """``apply(params, tokens [B, T]) -> hidden [B, T, d]`` (padding masked by pad_id)."""
   mod = Encoder(encoder_spec(c))

@@ -183,6 +183,12 @@ def init(key, c: ml_collections.ConfigDict) -> dict:
   return Decoder(spec(c)).init(key, jnp.zeros((1, min(c.max_len, 8)), jnp.int32))
 
 
+def template(c: ml_collections.ConfigDict) -> dict:
+  """The params' shapes and dtypes (`jax.ShapeDtypeStruct`s, nothing computed): what the
+  importer fills."""
+  return jax.eval_shape(lambda k: init(k, c), jax.random.PRNGKey(0))
+
+
 def make_apply(c: ml_collections.ConfigDict):
   """``apply(params, tokens [B, T]) -> logits [B, T, V]`` of config c (T <= max_len)."""
   mod = Decoder(spec(c))
