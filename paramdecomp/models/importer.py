@@ -106,7 +106,8 @@ def _gpt2_rules(n_layers: int) -> list[Rule]:
 def _llama_rules(n_layers: int) -> list[Rule]:
   out = [_r("embed_tokens.weight", "embed/embedding", "table"),
          _r("norm.weight", "ln_f/scale", "vector"),
-         _r("lm_head.weight", "unembed/kernel", "linear")]
+         _r("lm_head.weight", "unembed/kernel", "linear"),
+         _r("lm_head.weight", "embed/embedding", "tied")]
   for i in range(n_layers):
     t, o = f"layers.{i}.", f"block_{i}/"
     for theirs, ours, n_in in (("self_attn.q_proj", "attn/query", 1),
@@ -193,7 +194,11 @@ def _join(rule: Rule, leaves: Sequence[np.ndarray]) -> np.ndarray:
 def active_rules(fam: Family, template) -> list[Rule]:
   """The family's rules whose leaves all exist in the model (the variant's table)."""
   leaves, _ = _leaves(template)
-  return [r for r in fam.rules(n_layers_of(template)) if all(o in leaves for o in r.ours)]
+  rules = [r for r in fam.rules(n_layers_of(template)) if all(o in leaves for o in r.ours)]
+  # a 'tied' copy stands in only where no rule of the model fills that name itself (an untied
+  # Llama's lm_head.weight is its unembedding, a tied one's a copy of the embedding)
+  own = {r.theirs for r in rules if r.layout != "tied"}
+  return [r for r in rules if r.layout != "tied" or r.theirs not in own]
 
 
 def _strip(name: str, fam: Family) -> str:
@@ -269,6 +274,48 @@ def _to_numpy(t) -> np.ndarray:
       t = t.float()
     return t.numpy()
   return np.asarray(t)
+
+
+def config_from_hf(hf: Mapping[str, Any]):
+  """(family, our model config) from a Hugging Face config.json dict of a BERT, GPT-2 or Llama
+  model (the fields that decide the architecture; anything we do not model is refused)."""
+  from paramdecomp.models import bert, transformer
+  kind = hf.get("model_type")
+  if kind == "bert":
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+      raise ValueError(f"BERT with {hf['position_embedding_type']!r} positions is not modelled")
+    act = {"gelu": "gelu", "gelu_new": "gelu_tanh"}.get(hf["hidden_act"])
+    if act is None:
+      raise ValueError(f"BERT's hidden_act {hf['hidden_act']!r} is not GELU")
+    return "bert", bert.model_config(
+        vocab_size=hf["vocab_size"], max_len=hf["max_position_embeddings"],
+        type_vocab_size=hf["type_vocab_size"], d_model=hf["hidden_size"],
+        n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
+        d_mlp=hf["intermediate_size"], norm_eps=hf["layer_norm_eps"], mlp=act,
+        pad_id=hf.get("pad_token_id") or 0)
+  if kind == "gpt2":
+    act = {"gelu_new": "gelu_tanh", "gelu": "gelu"}.get(hf.get("activation_function", "gelu_new"))
+    if act is None:
+      raise ValueError(f"GPT-2's activation_function {hf['activation_function']!r} is not GELU")
+    d = hf["n_embd"]
+    return "gpt2", transformer.model_config(
+        vocab_size=hf["vocab_size"], max_len=hf["n_positions"], d_model=d,
+        n_layers=hf["n_layer"], n_heads=hf["n_head"], d_mlp=hf.get("n_inner") or 4 * d,
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp=act, tied=True, bias=True)
+  if kind == "llama":
+    if hf.get("hidden_act", "silu") != "silu" or hf.get("rope_scaling"):
+      raise ValueError("only Llama with SiLU gates and plain rotary positions is modelled")
+    return "llama", transformer.model_config(
+        vocab_size=hf["vocab_size"], max_len=hf["max_position_embeddings"],
+        d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
+        n_heads=hf["num_attention_heads"],
+        n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        d_head=hf.get("head_dim") or 0, d_mlp=hf["intermediate_size"],
+        norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), positions="rotary",
+        rope_base=float(hf.get("rope_theta", 10000.0)), mlp="swiglu",
+        tied=bool(hf.get("tie_word_embeddings", False)),
+        bias=bool(hf.get("attention_bias", False)))
+  raise ValueError(f"model_type {kind!r}: the importer knows bert, gpt2 and llama")
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:

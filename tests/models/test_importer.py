@@ -21,8 +21,11 @@ MODELS = {
 
 
 def _params(fam, seed=0):
-  c = MODELS[fam]()
-  init = bert.init if fam == "bert" else transformer.init
+  return _params_of(MODELS[fam](), seed)
+
+
+def _params_of(c, seed=0):
+  init = bert.init if c.kind == "bert" else transformer.init
   p = init(jax.random.PRNGKey(seed), c)
   # random non-trivial values everywhere (norm scales and biases are 1 / 0 at init)
   leaves, tdef = jax.tree.flatten(p)
@@ -133,6 +136,24 @@ def test_a_model_the_table_cannot_fill_and_a_broken_tie_are_errors():
       lambda: importer.to_params(sd, "gpt2", g))
 
 
+def test_a_tied_llama_takes_lm_head_as_a_copy_and_hf_configs_map():
+  c = transformer.model_config(**{**MODELS["llama"]().to_dict(), "tied": True})
+  p = _params_of(c)
+  sd = importer.to_state_dict(p, "llama")
+  assert "lm_head.weight" in sd                              # exported as HF's state_dict has it
+  _assert_same(importer.to_params(sd, "llama", p), p)
+  del sd["lm_head.weight"]                                   # a safetensors file omits the copy
+  _assert_same(importer.to_params(sd, "llama", p), p)
+  hf = dict(model_type="llama", vocab_size=11, max_position_embeddings=6, hidden_size=8,
+            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+            intermediate_size=12, rms_norm_eps=1e-5, tie_word_embeddings=False)
+  fam, got = importer.config_from_hf(hf)
+  assert fam == "llama" and got == transformer.model_config(
+      **{**MODELS["llama"]().to_dict(), "norm_eps": 1e-5, "rope_base": 10000.0})
+  with pytest.raises(ValueError, match="model_type 't5'"):
+    importer.config_from_hf({"model_type": "t5"})
+
+
 def test_file_errors(tmp_path):
   with pytest.raises(ValueError, match="unknown format '.h5'"):
     importer.read_state_dict(str(tmp_path / "w.h5"))
@@ -172,8 +193,9 @@ def test_hugging_face_decoders_import_and_agree(fam):
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
         rms_norm_eps=1e-6, tie_word_embeddings=False))
     c = transformer.model_config(vocab_size=50, max_len=16, d_model=32, n_layers=2, n_heads=4,
-                                 n_kv_heads=2, d_mlp=48, norm="rmsnorm", norm_eps=1e-6,
+                                 n_kv_heads=2, d_head=8, d_mlp=48, norm="rmsnorm", norm_eps=1e-6,
                                  positions="rotary", mlp="swiglu", tied=False, bias=False)
+  assert importer.config_from_hf(model.config.to_dict()) == (fam, c)
   template = transformer.template(c)
   params = importer.to_params(model.state_dict(), fam, template)
   ids = np.random.default_rng(0).integers(0, 50, (2, 16))
