@@ -85,8 +85,11 @@ def nnx_model():
   apply = lambda p, x: nnx.merge(graphdef, p)(x)     # the pure-dict params are the pytree
   x, y = digits()
   params = fit_classifier(apply, nnx.to_pure_dict(state), x, y)
+  seq = sequential.from_functions(   # nnx.Linear's leaves: kernel, bias
+      [lambda p, f: jax.nn.relu(f @ p["hidden"]["kernel"] + p["hidden"]["bias"]),
+       lambda p, f: f @ p["out"]["kernel"] + p["out"]["bias"]], ("pixels", "hidden", "logits"))
   batch = lambda key, n=64: x[jax.random.randint(key, (n,), 0, x.shape[0])]
-  return "NNX MLP", apply, params, batch, (r".*/kernel",), None, x
+  return "NNX MLP", apply, params, batch, (r".*/kernel",), seq, x
 
 
 def write_gpt2_checkpoint(directory):
