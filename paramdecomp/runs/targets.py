@@ -1,5 +1,5 @@
-"""Training, saving and loading targets (toy models) through the shared loop, by their record in
-the target contract (`paramdecomp.toy_models.registry`)."""
+"""Training, saving and loading targets (toy and real models) through the shared loop, by their
+record in the target contract (`paramdecomp.toy_models.registry`, `paramdecomp.models.registry`)."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,20 @@ from paramdecomp.core import config as cfglib
 from paramdecomp.core import metrics, schedules, train
 from paramdecomp.core.checkpoint import (Checkpointer, MissingCheckpointError, load_tree,
                                          save_json, save_tree)
+from paramdecomp.core.config import ConfigError
 from paramdecomp.core.target import Target, external
+from paramdecomp.models import registry as model_registry
 from paramdecomp.toy_models import registry, tms
+
+
+def record_of(model_cfg: ml_collections.ConfigDict) -> Target:
+  """The record of `model.kind`: a toy's or a real model's."""
+  if model_cfg.kind in model_registry.TARGETS:
+    return model_registry.TARGETS[model_cfg.kind]
+  if model_cfg.kind in registry.TARGETS:
+    return registry.TARGETS[model_cfg.kind]
+  raise ConfigError("model.kind", f"{model_cfg.kind!r} is not one of "
+                    f"{list(registry.TARGETS) + list(model_registry.TARGETS)}")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -33,7 +45,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   schema = default_config()
-  target = registry.of(c.model)
+  target = record_of(c.model)
   schema.model, schema.data = target.model_config(), target.data_config()
   cfglib.check_fields(c, schema)
   cfglib.positive(c, "data.batch_size", "optim.lr", "optim.steps", "run.steps_per_dispatch")
@@ -57,7 +69,7 @@ def evaluate_classifier(apply, params, x, y, chunk: int = 4096) -> dict:
 
 def batch(key, c: ml_collections.ConfigDict, batch_size: int | None = None) -> jax.Array:
   """A batch of the target's training distribution (c has 'model' and 'data' fields)."""
-  return registry.of(c.model).batch(key, c, batch_size or c.data.batch_size)
+  return record_of(c.model).batch(key, c, batch_size or c.data.batch_size)
 
 
 def loss_fn(target: Target, c: ml_collections.ConfigDict, n_train: int):
@@ -80,7 +92,7 @@ def loss_fn(target: Target, c: ml_collections.ConfigDict, n_train: int):
 def train_target(c: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:
   """Train the target of config `c` in `workdir`, save it, and return its params."""
   validate(c)
-  target = registry.of(c.model)
+  target = record_of(c.model)
   os.makedirs(workdir, exist_ok=True)
   params = target.init(jax.random.PRNGKey(c.seed), c.model)
   frozen = {k: params.pop(k) for k in target.frozen if k in params}
@@ -110,7 +122,7 @@ def train_target(c: ml_collections.ConfigDict, workdir: str, resume: bool = Fals
 def report(c: ml_collections.ConfigDict, params: dict) -> tuple[dict, list[str]]:
   """(target_report.json's content, warnings) of a trained target: a classifier's train and
   test loss and accuracy, or the record's own report (empty when it has none)."""
-  target = registry.of(c.model)
+  target = record_of(c.model)
   if target.is_classifier:
     ds, apply = target.dataset(c), target.make_apply(c.model)
     return {split: evaluate_classifier(apply, params, ds[f"{split}_x"], ds[f"{split}_y"])
@@ -151,5 +163,5 @@ def load_target(workdir: str) -> tuple[Target, ml_collections.ConfigDict, dict]:
   if c.model.kind == "external":
     record = external(c.model.apply, c.model.batch)
   else:
-    record = registry.of(c.model)
+    record = record_of(c.model)
   return record, c, load_tree(path)
