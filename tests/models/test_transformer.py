@@ -145,7 +145,9 @@ def test_apd_masked_passes_keep_every_projection_factored(name, monkeypatch):
   assert densified
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
+# one family in the default suite (the masked-pass test above covers every family's projections)
+@pytest.mark.parametrize("name", [pytest.param("gpt2", marks=pytest.mark.slow), "llama",
+                                  pytest.param("bert", marks=pytest.mark.slow)])
 def test_one_apd_and_one_l3d_step(name):
   params, apply, x = _family(name)
   bfn = lambda k: jax.random.randint(k, x.shape, 1, 13)
