@@ -36,9 +36,8 @@ def get_config(variant: str = "5-2"):
 def sized(n_features: int, n_hidden: int, c=None, p: float = 0.05):
   """The 5-2 settings carried to a TMS N-H target (feature probability p): C = N components of
   rank m = H + 1, batch top-k keeping k = 0.844 p N components per sample on average (5-2's
-  0.211 for 0.25 active features), the 5-2 coefficients and lr. It does not yet carry 5-2's
-  result: MMCS >= 0.98 on 1 of 3 seeds at 9-3 and 12-4, 0 of 3 at 10-4; `exact_topk` does worse
-  (9-3: 0 of 3) (results/apd_tms.md)."""
+  0.211 for 0.25 active features), the 5-2 coefficients and lr. MMCS >= 0.98 on 3 of 3 seeds at
+  9-3, 0 of 3 at 10-4 and 12-4 (results/apd_tms.md)."""
   c = c or default_config()
   c.apd.update(dict(C=n_features, m=n_hidden + 1, topk=0.211 / 0.25 * p * n_features,
                     faithfulness_coeff=1.0, minimality_coeff=1.0, simplicity_coeff=0.7,
