@@ -17,6 +17,11 @@ def _cfg(**kw):
   return c
 
 
+def _loss(apply, cfg):
+  """The loss, jitted (one compile beats hundreds of eager dispatches)."""
+  return jax.jit(lambda s, p, x, k: spd.loss(s, p, x, k, apply=apply, cfg=cfg))
+
+
 # ---- sigmoids and masks ----------------------------------------------------------------------
 
 Z = jnp.array([-1.0, 0.5, 2.0])
@@ -87,8 +92,9 @@ def test_identity_decomposition_with_perfect_importances_has_zero_losses(p):
              recon_layerwise_coeff=1.0)
   params, st = _identity_state(1.0, 0.0, cfg)   # g_c = x_c in {0, 1}: 1 exactly where active
   x = _binary_x(jax.random.PRNGKey(1))
+  f = _loss(_identity, cfg)
   for k in range(3):
-    _, m = spd.loss(st, params, x, jax.random.PRNGKey(k), apply=_identity, cfg=cfg)
+    _, m = f(st, params, x, jax.random.PRNGKey(k))
     for name in ("faithfulness", "stochastic_recon", "stochastic_recon_layerwise", "recon",
                  "recon_layerwise"):
       assert float(m[name]) == 0.0, name
@@ -115,7 +121,7 @@ def test_layerwise_loss_of_one_site_is_the_full_loss_and_of_two_their_mean():
   st = st._replace(sub={"W": Factors(*[jax.random.normal(jax.random.PRNGKey(i), (D, D, 1))
                                        for i in (4, 5)])})
   x = jax.random.uniform(jax.random.PRNGKey(6), (16, D))
-  _, m = spd.loss(st, params, x, jax.random.PRNGKey(7), apply=_identity, cfg=cfg)
+  _, m = _loss(_identity, cfg)(st, params, x, jax.random.PRNGKey(7))
   assert float(m["recon"]) > 1e-3
   np.testing.assert_allclose(m["recon_layerwise"], m["recon"], rtol=1e-14)
 
@@ -128,7 +134,7 @@ def test_layerwise_loss_of_one_site_is_the_full_loss_and_of_two_their_mean():
   y = tms.apply(params, x)
   one = [jnp.mean((spd.masked_apply(tms.apply, params, st, x, {s: g[s]}, ss) - y) ** 2)
          for s in ("W:0", "W:1")]
-  _, m = spd.loss(st, params, x, jax.random.PRNGKey(0), apply=tms.apply, cfg=cfg)
+  _, m = _loss(tms.apply, cfg)(st, params, x, jax.random.PRNGKey(0))
   np.testing.assert_allclose(m["recon_layerwise"], (one[0] + one[1]) / 2, rtol=1e-12)
   assert abs(float(one[0] - one[1])) > 1e-6 and abs(float(m["recon"] - one[0])) > 1e-6
 
@@ -203,8 +209,9 @@ def test_tms_id_identity_from_any_rank_one_pieces_with_full_importance_reconstru
   ones = spd_ci.Affine(jnp.zeros(C), jnp.ones(C))
   st = st._replace(sub={"W": Factors(w_u, w_v), "hidden": Factors(hid_u, hid_u)},
                    ci={s: ones for s in st.ci})
+  f = _loss(tms.apply, cfg)
   for k in range(3):
-    _, m = spd.loss(st, params, x, jax.random.PRNGKey(k), apply=tms.apply, cfg=cfg)
+    _, m = f(st, params, x, jax.random.PRNGKey(k))
     for name in ("faithfulness", "stochastic_recon", "stochastic_recon_layerwise"):
       assert float(m[name]) < 1e-28, (name, m[name])
 
@@ -218,9 +225,14 @@ def test_scalar_ci_mlps_match_a_loop_over_subcomponents():
                    b_out=jax.random.normal(jax.random.PRNGKey(2), (C,)))
   h = jax.random.normal(jax.random.PRNGKey(3), (3, 5, C))   # [B, T, C]
   got = spd_ci.run_scalar(fn, h)
+
+  @jax.jit
+  def one(hc, w_in, b_in, w_out, b_out):   # subcomponent c alone
+    return jax.nn.gelu(hc[..., None] * w_in + b_in, approximate=False) @ w_out + b_out
+
   for c in range(C):
-    hid = jax.nn.gelu(h[..., c, None] * fn.w_in[c] + fn.b_in[c], approximate=False)
-    np.testing.assert_allclose(got[..., c], hid @ fn.w_out[c] + fn.b_out[c], rtol=1e-12)
+    np.testing.assert_allclose(got[..., c], one(h[..., c], fn.w_in[c], fn.b_in[c], fn.w_out[c],
+                                                fn.b_out[c]), rtol=1e-12)
   aff = spd_ci.init_scalar(jax.random.PRNGKey(4), C, 0, jnp.float64)
   for c in range(C):
     np.testing.assert_allclose(spd_ci.run_scalar(aff, h)[..., c], aff.w[c] * h[..., c] + aff.b[c])
@@ -251,8 +263,8 @@ def test_ci_functions_reach_v_through_the_inner_activations():
              stochastic_recon_layerwise_coeff=0.0, faithfulness_coeff=0.0)
   x = jax.random.uniform(jax.random.PRNGKey(10), (8, 5))
   st = spd.init(jax.random.PRNGKey(11), params, cfg, apply=tms.apply, x=x)
-  grads = jax.grad(lambda s: spd.loss(s, params, x, jax.random.PRNGKey(0), apply=tms.apply,
-                                      cfg=cfg)[0])(st)
+  grads = jax.jit(jax.grad(lambda s: spd.loss(s, params, x, jax.random.PRNGKey(0),
+                                              apply=tms.apply, cfg=cfg)[0]))(st)
   assert float(jnp.abs(grads.sub["W"].V).max()) > 0   # only the importance loss is on
 
 
