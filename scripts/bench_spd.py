@@ -32,6 +32,7 @@ PARTS = {  # name: config changes
     "no layerwise recon": dict(stochastic_recon_layerwise_coeff=0.0),
     "no recon at all": dict(stochastic_recon_layerwise_coeff=0.0, stochastic_recon_coeff=0.0),
     "affine CI (d_gate 0)": dict(d_gate=0),
+    "tanh GELU": dict(gelu="tanh"),
 }
 
 

@@ -66,6 +66,7 @@ def default_config() -> ml_collections.ConfigDict:
       C=20,                           # rank-one subcomponents per weight
       ci_fn="mlp",                    # mlp (per subcomponent) | vector_mlp | shared_mlp
       d_gate=16,                      # hidden units of the CI MLPs (0: affine)
+      gelu="exact",                   # exact (the reference) | tanh (approximation, faster)
       sigmoid="paper",                # paper: piecewise derivative | head: the later library's
                                       # clipped lower sigmoid with its custom gradient
       leaky_alpha=0.01,
@@ -100,6 +101,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   cfglib.require(len(cfg.decompose) > 0, "decompose", "names no weights")
   cfglib.one_of(cfg, "ci_fn", spd_ci.CI_FNS)
   cfglib.one_of(cfg, "sigmoid", spd_ci.SIGMOIDS)
+  cfglib.one_of(cfg, "gelu", spd_ci.GELUS)
   cfglib.one_of(cfg, "mask_source", tuple(spd_masks.SOURCES))
   cfglib.one_of(cfg, "divergence", DIVERGENCES)
   cfglib.positive(cfg, "C", "n_mask_samples", "pnorm", "leaky_alpha")
@@ -307,7 +309,7 @@ def causal_importances(apply: Callable, params, state: State, x, cfg, with_upper
   """{site: g [*pos, C]} (and {site: g_up} with `with_upper`) on the batch x."""
   ss = sites(apply, params, x, list(state.sub))
   _, acts, inner = target_pass(apply, params, state, x, ss)
-  z = spd_ci.ci_logits(cfg.ci_fn, state.ci, inner, acts)
+  z = spd_ci.ci_logits(cfg.ci_fn, state.ci, inner, acts, cfg.gelu)
   both = {s: spd_ci.sigmoids(v, cfg.sigmoid, cfg.leaky_alpha) for s, v in z.items()}
   g = {s: b[0] for s, b in both.items()}
   return (g, {s: b[1] for s, b in both.items()}) if with_upper else g
@@ -320,7 +322,7 @@ def loss(state: State, params, x, key, *, apply: Callable, cfg, step=None):
   ss = sites(apply, params, x, list(state.sub))
   y_star, acts, inner = target_pass(apply, params, state, x, ss)
   y_star = jax.lax.stop_gradient(y_star)
-  z = spd_ci.ci_logits(cfg.ci_fn, state.ci, inner, acts)
+  z = spd_ci.ci_logits(cfg.ci_fn, state.ci, inner, acts, cfg.gelu)
   both = {s: spd_ci.sigmoids(v, cfg.sigmoid, cfg.leaky_alpha) for s, v in z.items()}
   g, g_up = {s: b[0] for s, b in both.items()}, {s: b[1] for s, b in both.items()}
   recon = functools.partial(_recon, apply, params, state, x, y_star, ss=ss, cfg=cfg)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 CI_FNS = ("mlp", "vector_mlp", "shared_mlp")
+GELUS = ("exact", "tanh")   # the reference's exact GELU, or the tanh approximation (faster on CPU)
 SIGMOIDS = ("paper", "head")
 SHARED = "shared"   # the key of the one CI function of `shared_mlp` in State.ci
 
@@ -78,25 +79,28 @@ def init_mlp(key, n_in: int, d_gate: int, n_out: int, dtype=jnp.float32) -> MLP:
   return MLP(tuple(ws), tuple(bs))
 
 
-def run_scalar(fn, h: jax.Array) -> jax.Array:
+def _gelu(a, gelu: str):
+  return jax.nn.gelu(a, approximate=(gelu == "tanh"))
+
+
+def run_scalar(fn, h: jax.Array, gelu: str = "exact") -> jax.Array:
   """[*pos, C] logits of C scalar gates on inner activations h [*pos, C]."""
   if isinstance(fn, Affine):
     return h * fn.w + fn.b
   # subcomponent-major [C, N, d]: on CPU twice as fast as [N, C, d] (the gradients' sums over
   # the N positions then run as batched products over C)
   flat = h.reshape(-1, h.shape[-1]).T                                            # [C, N]
-  hidden = jax.nn.gelu(flat[:, :, None] * fn.w_in[:, None, :] + fn.b_in[:, None, :],
-                       approximate=False)                                        # [C, N, d]
+  hidden = _gelu(flat[:, :, None] * fn.w_in[:, None, :] + fn.b_in[:, None, :], gelu)  # [C,N,d]
   z = jnp.einsum("cnd,cd->cn", hidden, fn.w_out) + fn.b_out[:, None]
   return z.T.reshape(h.shape)
 
 
-def run_mlp(fn: MLP, a: jax.Array) -> jax.Array:
+def run_mlp(fn: MLP, a: jax.Array, gelu: str = "exact") -> jax.Array:
   """[*pos, n_out] the MLP on a [*pos, n_in]."""
   for i, (w, b) in enumerate(zip(fn.ws, fn.bs)):
     a = a @ w + b
     if i < len(fn.ws) - 1:
-      a = jax.nn.gelu(a, approximate=False)
+      a = _gelu(a, gelu)
   return a
 
 
@@ -113,22 +117,22 @@ def init_ci(key, kind: str, sites: list, C: int, d_gate: int, dtype=jnp.float32)
   raise ValueError(f"ci_fn {kind!r} is not one of {CI_FNS}")
 
 
-def ci_logits(kind: str, ci: dict, inner: dict, acts: dict) -> dict:
+def ci_logits(kind: str, ci: dict, inner: dict, acts: dict, gelu: str = "exact") -> dict:
   """{site: z [*pos, C]} from the inner activations {site: [*pos, C]} (mlp) or the sites'
   inputs {site: [*pos, d_in]} (vector_mlp, shared_mlp; the sites' positions must agree)."""
   if kind == "mlp":
-    return {s: run_scalar(ci[s], h) for s, h in inner.items()}
+    return {s: run_scalar(ci[s], h, gelu) for s, h in inner.items()}
   for s, a in acts.items():
     if a is None:
       raise ValueError(f"ci_fn={kind!r} reads the site's input, but {s!r} is a lookup (an "
                        "embedding) whose input is ids: use ci_fn='mlp'")
   if kind == "vector_mlp":
-    return {s: run_mlp(ci[s], a) for s, a in acts.items()}
+    return {s: run_mlp(ci[s], a, gelu) for s, a in acts.items()}
   names = list(acts)
   pos = {acts[s].shape[:-1] for s in names}
   if len(pos) != 1:
     raise ValueError(f"shared_mlp needs every site at the same positions, got {sorted(pos)}")
-  z = run_mlp(ci[SHARED], jnp.concatenate([acts[s] for s in names], axis=-1))
+  z = run_mlp(ci[SHARED], jnp.concatenate([acts[s] for s in names], axis=-1), gelu)
   C = z.shape[-1] // len(names)
   return {s: z[..., i * C:(i + 1) * C] for i, s in enumerate(names)}
 

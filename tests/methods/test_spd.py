@@ -279,7 +279,7 @@ def test_p_annealing_is_linear_between_its_fractions():
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("ci_fn", "gru", "'ci_fn'"), ("d_gate", -1, "'d_gate'"),
+    ("ci_fn", "gru", "'ci_fn'"), ("d_gate", -1, "'d_gate'"), ("gelu", "erf", "'gelu'"),
     ("mask_source", "pgd", "'mask_source'"), ("pnorm_final", 0.5, "'anneal_steps'"),
     ("stochastic_recon_coeff", -1.0, "'stochastic_recon_coeff'"), ("C", 0, "'C'")])
 def test_bad_configs_fail_by_name(field, value, match):
