@@ -31,6 +31,8 @@ _SEEDS = flags.DEFINE_list("seeds", ["1", "2", "3"], "Seeds.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root run directory.", required=True)
 _SPD_STEPS = flags.DEFINE_integer("spd_steps", 40_000, "SPD steps (paper: 40k).")
 _APD_STEPS = flags.DEFINE_integer("apd_steps", 20_000, "APD steps (paper: 20k).")
+_READ_SPD = flags.DEFINE_bool("read_spd_only", False, "Do not run SPD: read the SPD runs that "
+                              "have finished, leave out the others.")
 
 
 def _timed(fn, workdir, *args):
@@ -60,7 +62,7 @@ def target(root, variant, seed):
   return tdir
 
 
-def compare(variant, seeds, root, spd_steps, apd_steps) -> list[dict]:
+def compare(variant, seeds, root, spd_steps, apd_steps, read_spd_only=False) -> list[dict]:
   rows = []
   for seed in seeds:
     tdir = target(root, variant, seed)
@@ -74,8 +76,10 @@ def compare(variant, seeds, root, spd_steps, apd_steps) -> list[dict]:
     c = spd_tms.get_config(variant)
     c.seed, c.target_dir, c.optim.steps = seed, tdir, spd_steps
     suffix = "" if spd_steps == 40_000 else f"_{spd_steps}"
-    s, secs = _timed(decompose_spd.decompose,
-                     os.path.join(root, f"spd_{variant}_s{seed}{suffix}"), c)
+    sdir = os.path.join(root, f"spd_{variant}_s{seed}{suffix}")
+    if read_spd_only and not os.path.exists(os.path.join(sdir, "summary.json")):
+      continue
+    s, secs = _timed(decompose_spd.decompose, sdir, c)
     n = s["non_negligible_total"]
     rows.append(dict(method="SPD", seed=seed, mmcs=s["mmcs"], ml2r=s["ml2r"], used=n,
                      unused=c.spd.C * len(s["non_negligible"]) - n,
@@ -119,7 +123,8 @@ def main(argv):
   del argv
   setup_logging()
   root, v = _WORKDIR.value, _VARIANT.value
-  rows = compare(v, [int(s) for s in _SEEDS.value], root, _SPD_STEPS.value, _APD_STEPS.value)
+  rows = compare(v, [int(s) for s in _SEEDS.value], root, _SPD_STEPS.value, _APD_STEPS.value,
+                 _READ_SPD.value)
   text = table(rows, v)
   print(text)
   with open(os.path.join(root, f"compare_{v}.md"), "w") as f:

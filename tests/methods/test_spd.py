@@ -285,3 +285,27 @@ def test_p_annealing_is_linear_between_its_fractions():
 def test_bad_configs_fail_by_name(field, value, match):
   with pytest.raises(ConfigError, match=match):
     spd.validate(_cfg(**{field: value}))
+
+
+@pytest.mark.parametrize("ci_fn, d_gate, source, sigmoid", [
+    ("vector_mlp", 8, "binomial", "head"), ("shared_mlp", 0, "uniform", "paper")])
+def test_every_ci_function_and_mask_source_trains_through_the_loss(ci_fn, d_gate, source,
+                                                                   sigmoid):
+  """Init, loss and gradients for the other CI functions, mask sources and sigmoid; the
+  binomial masks are exactly g or 1 (r in {0, 1})."""
+  params = _tms_id(jax.random.PRNGKey(12))
+  cfg = _cfg(C=6, decompose=("W", "hidden"), ci_fn=ci_fn, d_gate=d_gate, mask_source=source,
+             sigmoid=sigmoid, schatten_coeff=0.1, out_recon_coeff=1.0)
+  x = jax.random.uniform(jax.random.PRNGKey(13), (8, 5))
+  st = spd.init(jax.random.PRNGKey(14), params, cfg, apply=tms.apply, x=x)
+  (v, m), grads = jax.jit(jax.value_and_grad(
+      lambda s: spd.loss(s, params, x, jax.random.PRNGKey(0), apply=tms.apply, cfg=cfg),
+      has_aux=True))(st)
+  assert np.isfinite(float(v)) and {"schatten", "out_recon"} <= set(m)
+  assert all(float(jnp.abs(a).max()) > 0 for a in jax.tree.leaves(grads.ci))
+  g = spd.causal_importances(tms.apply, params, st, x, cfg)
+  r = spd_masks.SOURCES[source](jax.random.PRNGKey(1), g)
+  if source == "binomial":
+    for s in g:
+      mk = spd_masks.masks(g, r)[s]
+      assert bool(jnp.all((mk == g[s]) | (mk == 1.0)))
