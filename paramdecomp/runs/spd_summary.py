@@ -37,14 +37,18 @@ def ci_heatmaps(ci: dict, path: str, title: str = "") -> str:
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(len(ci), 1, figsize=(8, 1.2 + 0.25 * sum(v.shape[0] for v in
                                                                       ci.values())),
-                           squeeze=False)
+                           squeeze=False, layout="constrained")
   for ax, (site, v) in zip(axes[:, 0], ci.items()):
     im = ax.imshow(v[:, greedy_order(v)], vmin=0, vmax=1, cmap="Blues", aspect="auto")
     ax.set_title(site, fontsize=9)
     ax.set_ylabel("input feature")
   axes[-1, 0].set_xlabel("subcomponent (greedy order)")
   fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.6)
-  return figures._save(fig, path, title)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
 
 
 def one_hot_ci(apply, params, state, n_features: int, value: float, cfg) -> dict:
