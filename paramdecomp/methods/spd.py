@@ -300,9 +300,15 @@ def pnorm_at(step, cfg) -> jax.Array:
   return cfg.pnorm + frac * (cfg.pnorm_final - cfg.pnorm)
 
 
+def _power(g: jax.Array, p, eps: float = 0.0) -> jax.Array:
+  """(g + eps)^p for g >= 0, with gradient 0 (not 0 * inf = NaN for p < 1) where g = 0."""
+  pos = g > 0
+  return jnp.where(pos, (jnp.where(pos, g, 1.0) + eps) ** p, jnp.asarray(eps, g.dtype) ** p)
+
+
 def importance_minimality(g_up: dict, p, eps: float = 0.0) -> jax.Array:
   """sum over sites and subcomponents of (g_up + eps)^p, averaged over positions."""
-  return sum(jnp.mean(jnp.sum((g + eps) ** p, axis=-1)) for g in g_up.values())
+  return sum(jnp.mean(jnp.sum(_power(g, p, eps), axis=-1)) for g in g_up.values())
 
 
 def causal_importances(apply: Callable, params, state: State, x, cfg, with_upper=False):
@@ -374,7 +380,7 @@ def _schatten(g_up, p, state, ss) -> jax.Array:
   for s in ss:
     f = state.sub[s.path]
     sq = jnp.sum(f.U[..., 0] ** 2, axis=1) + jnp.sum(f.V[..., 0] ** 2, axis=1)
-    total = total + jnp.mean(g_up[s.name] ** p @ sq)
+    total = total + jnp.mean(_power(g_up[s.name], p) @ sq)
   return total
 
 

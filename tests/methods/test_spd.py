@@ -270,6 +270,15 @@ def test_ci_functions_reach_v_through_the_inner_activations():
 
 # ---- p-annealing, config errors ---------------------------------------------------------------
 
+@pytest.mark.parametrize("p", [0.5, 1.0, 2.0])
+def test_importance_gradient_is_finite_where_importances_are_zero(p):
+  """g_up = 0 for z <= 0: d(g_up^p)/dz must be 0 there, not 0 * inf, also for p < 1."""
+  z = jnp.array([-1.0, 0.0, 0.3, 2.0])
+  grad = jax.grad(lambda z: spd.importance_minimality({"s": spd_ci.upper_leaky(z)}, p))(z)
+  np.testing.assert_allclose(grad, [0.0, 0.0, p * 0.3 ** (p - 1), p * 1.01 ** (p - 1) * 0.01],
+                             rtol=1e-12)
+
+
 def test_p_annealing_is_linear_between_its_fractions():
   cfg = _cfg(pnorm=2.0, pnorm_final=0.5, anneal_start_frac=0.25, anneal_end_frac=0.75,
              anneal_steps=1000)
