@@ -318,3 +318,29 @@ def test_every_ci_function_and_mask_source_trains_through_the_loss(ci_fn, d_gate
     for s in g:
       mk = spd_masks.masks(g, r)[s]
       assert bool(jnp.all((mk == g[s]) | (mk == 1.0)))
+
+
+def test_bad_inputs_fail_clearly():
+  from paramdecomp.core.factored import PerUse, UnsupportedUse, apply_factored
+  from paramdecomp.core.inputs import BatchShapeError
+  from paramdecomp.core.lowrank import LowRank
+  params = _tms_id(jax.random.PRNGKey(15))
+  cfg = _cfg(C=3, decompose=("W",))
+  with pytest.raises(ValueError, match="needs apply= and x="):
+    spd.init(jax.random.PRNGKey(0), params, cfg)
+  x = jnp.ones((4, 5))
+  st = spd.init(jax.random.PRNGKey(0), params, cfg, apply=tms.apply, x=x)
+  with pytest.raises(BatchShapeError):
+    spd.loss(st, params, jnp.ones(5), jax.random.PRNGKey(0), apply=tms.apply, cfg=cfg)
+  lr = LowRank(st.sub["W"].U[..., 0].T, st.sub["W"].V[..., 0].T, jnp.ones((4, 3)))
+  with pytest.raises(ValueError, match="1 per-product factors for 'W'"):
+    apply_factored(tms.apply, params, {"W": PerUse((lr,))}, x)
+  with pytest.raises(ValueError, match="per-position scales of shape"):
+    apply_factored(tms.apply, params, {"W": PerUse((lr._replace(g=jnp.ones((2, 3))), None))}, x)
+  # a weight with per-position scales has no dense value for a non-product use
+  elementwise = lambda p, x: x * jnp.sum(p["W"])
+  with pytest.raises(UnsupportedUse, match="no single dense value"):
+    apply_factored(elementwise, params, {"W": lr}, x)
+  with pytest.raises(ValueError, match="chunk_size=3 does not divide"):
+    spd.loss(st, params, x, jax.random.PRNGKey(0), apply=tms.apply,
+             cfg=_cfg(C=3, decompose=("W",), chunk_size=3))
