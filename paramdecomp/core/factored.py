@@ -52,6 +52,20 @@ class UnsupportedUse(NotImplementedError):
   """A watched weight is used in a way that has no product with its matrix view."""
 
 
+class PerUse(NamedTuple):
+  """Factors of a leaf given per product: the i-th product the model makes with the leaf (in
+  the order it runs them) uses ``lrs[i]``, or the leaf itself where that is None. SPD's tied
+  TMS decoder is the second product of the encoder's leaf, with its own masks; a layerwise pass
+  keeps the other products at the target's weight.
+
+  A `LowRank` here (or anywhere) may carry positions in its scale, g [*pos, r]: one scale per
+  position of the product (per sample, per token), which must be the product's leading
+  positions exactly (the other operand's free axes; a lookup's ids). Such factors have no dense
+  value: any use that is not a product raises `UnsupportedUse`.
+  """
+  lrs: tuple
+
+
 class Layout(NamedTuple):
   """How a product in view coordinates, [*pos, n_free], lands in the model's output layout.
 
@@ -125,13 +139,22 @@ class _Weight(NamedTuple):
 class _Factored(NamedTuple):
   """A factored leaf on its way through shape-only ops: `ops` are the equations applied so far
   (replayed on the dense leaf when it has to be densified), `w` where it stands."""
-  lr: LowRank
+  lr: LowRank | PerUse
   leaf_shape: tuple[int, ...]
   ops: tuple
   w: _Weight
+  leaf: Any = None    # the dense leaf (for the products a `PerUse` leaves at the leaf's value)
 
-  def dense(self):
-    v = self.lr.dense().reshape(self.leaf_shape)
+  def dense(self, lr: LowRank | None = None):
+    """The value (factors `lr`, default its own; with lr=None on a `PerUse`: the leaf)."""
+    if lr is None and isinstance(self.lr, PerUse):
+      v = self.leaf
+    else:
+      lr = self.lr if lr is None else lr
+      if isinstance(lr, PerUse) or (lr.g is not None and lr.g.ndim > 1):
+        _unsupported(self.w.path, "is given per product or with per-position scales, so it has "
+                     "no single dense value, but meets a use that is not a product")
+      v = lr.dense().reshape(self.leaf_shape)
     for eqn in self.ops:
       v = _bind(eqn, [v])[0]
     return v
@@ -171,7 +194,8 @@ def trace_matmuls(apply: Callable, params: Any, factors: Mapping[str, LowRank], 
   if unknown:
     raise KeyError(f"cannot watch or factor {unknown}: no such parameters; paths are {paths}")
   leaves = dict(zip(paths, (v for _, v in flat)))
-  view_of = {p: (f.A.shape[0], f.B.shape[0]) for p, f in factors.items()}
+  view_of = {p: _view_of(f) for p, f in factors.items()}
+  view_of = {p: v for p, v in view_of.items() if v is not None}
   for p, (a, b) in view_of.items():
     if a * b != math.prod(leaves[p].shape):
       raise ValueError(f"factors of {p!r} make a ({a}, {b}) matrix; the leaf has shape "
@@ -186,14 +210,18 @@ def trace_matmuls(apply: Callable, params: Any, factors: Mapping[str, LowRank], 
   args, tags = [], []
   for p, (_, v) in zip(paths, flat):
     w = _Weight(p, tuple(v.shape), _row_major(v.shape))
-    args.append(_Factored(factors[p], tuple(v.shape), (), w) if p in factors else v)
+    args.append(_Factored(factors[p], tuple(v.shape), (), w, v) if p in factors else v)
     tags.append(w if p in watch else None)
   args += jax.tree.leaves(x)
   tags += [None] * len(jax.tree.leaves(x))
   if shifts and set(shifts) - set(watch):
     raise KeyError(f"shifts for unwatched weights {sorted(set(shifts) - set(watch))}")
-  ctx = _Ctx({p: [] for p in watch}, dict(shifts or {}), view_of)
+  ctx = _Ctx({p: [] for p in watch}, dict(shifts or {}), view_of, {})
   outs, _ = _eval(closed.jaxpr, closed.consts, args, tags, ctx)
+  for p, f in factors.items():
+    if isinstance(f, PerUse) and ctx.counts.get(p, 0) != len(f.lrs):
+      raise ValueError(f"{len(f.lrs)} per-product factors for {p!r}, which takes part in "
+                       f"{ctx.counts.get(p, 0)} products")
   outs = [o.dense() if isinstance(o, _Factored) else o for o in outs]
   for p, sh in ctx.shifts.items():
     if len(sh) != len(ctx.records[p]):
@@ -225,6 +253,30 @@ class _Ctx(NamedTuple):
   records: dict       # {path: [MatmulUse]} filled in as products run
   shifts: dict        # {path: [shift per product]}
   views: dict         # {path: (a, b)}, completed by first uses
+  counts: dict        # {path: products so far} of the factored leaves
+
+
+def _view_of(f) -> View | None:
+  """(a, b) of a LowRank or of the first factors of a PerUse (None: all at the leaf)."""
+  if isinstance(f, PerUse):
+    given = [lr for lr in f.lrs if lr is not None]
+    if any((lr.A.shape[0], lr.B.shape[0]) != (given[0].A.shape[0], given[0].B.shape[0])
+           for lr in given):
+      raise ValueError("the per-product factors of one leaf must share its matrix view")
+    return (given[0].A.shape[0], given[0].B.shape[0]) if given else None
+  return f.A.shape[0], f.B.shape[0]
+
+
+def _next_factors(ctx, fac: _Factored) -> LowRank | None:
+  """The factors of the product `fac` now takes part in (None: the leaf's dense value)."""
+  n = ctx.counts.get(fac.w.path, 0)
+  ctx.counts[fac.w.path] = n + 1
+  if not isinstance(fac.lr, PerUse):
+    return fac.lr
+  if n >= len(fac.lr.lrs):
+    raise ValueError(f"{len(fac.lr.lrs)} per-product factors for {fac.w.path!r}, which takes "
+                     "part in more products")
+  return fac.lr.lrs[n]
 
 
 def _read(env, v):
@@ -254,7 +306,7 @@ def _eval(jaxpr, consts, args, tags, ctx):
 
 
 _SHAPE_OPS = ("reshape", "squeeze", "transpose", "convert_element_type", "copy", "copy_p",
-              "broadcast_in_dim")
+              "broadcast_in_dim", "slice")
 _CONTROL = ("scan", "while", "cond")
 
 
@@ -315,6 +367,11 @@ def _densify(ins):
   return [i.dense() if isinstance(i, _Factored) else i for i in ins]
 
 
+def _leaf_values(ins):
+  """ins with a factored leaf whose product keeps the leaf's value (a `PerUse` None) dense."""
+  return [i.dense(None) if isinstance(i, _Factored) else i for i in ins]
+
+
 def _bind(eqn, ins):
   with eqn.ctx.manager:
     outs = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
@@ -326,9 +383,11 @@ def _bind(eqn, ins):
 def _shape_rule(eqn, x, tag):
   w = x.w if isinstance(x, _Factored) else tag
   moved = _moved(eqn, w)
-  if moved is None:  # a real broadcast: an elementwise use of the weight
+  if moved is None:  # a real broadcast (an elementwise use of the weight) or a part of it
     if tag is not None:
-      _unsupported(tag.path, f"is broadcast ({eqn.primitive.name}) before use")
+      _unsupported(tag.path, "meets `slice`, which takes a part of it, not a product with its "
+                   "matrix view" if eqn.primitive.name == "slice"
+                   else f"is broadcast ({eqn.primitive.name}) before use")
     return _bind(eqn, _densify([x])), [None]
   new_tag = tag and moved
   if not isinstance(x, _Factored):
@@ -336,8 +395,10 @@ def _shape_rule(eqn, x, tag):
   lr = x.lr
   if eqn.primitive.name == "convert_element_type":
     dt = eqn.params["new_dtype"]
-    lr = LowRank(lr.A.astype(dt), lr.B.astype(dt), None if lr.g is None else lr.g.astype(dt))
-  return [_Factored(lr, x.leaf_shape, x.ops + (eqn,), moved)], [new_tag]
+    cast = lambda l: l and LowRank(l.A.astype(dt), l.B.astype(dt),
+                                   None if l.g is None else l.g.astype(dt))
+    lr = PerUse(tuple(cast(l) for l in lr.lrs)) if isinstance(lr, PerUse) else cast(lr)
+  return [x._replace(lr=lr, ops=x.ops + (eqn,), w=moved)], [new_tag]
 
 
 def _moved(eqn, w: _Weight) -> _Weight | None:
@@ -347,6 +408,10 @@ def _moved(eqn, w: _Weight) -> _Weight | None:
   out_shape = tuple(eqn.outvars[0].aval.shape)
   if name in ("convert_element_type", "copy", "copy_p"):
     return w
+  if name == "slice":  # only a slice that keeps everything (iterating a 1-long leading axis)
+    full = (all(s == 0 for s in p["start_indices"]) and tuple(p["limit_indices"]) == shape
+            and all(s == 1 for s in (p["strides"] or (1,) * len(shape))))
+    return w if full else None
   if strides is None:
     return w._replace(shape=out_shape)
   if name == "transpose":
@@ -473,6 +538,9 @@ def _factored_product(act, lr: LowRank, axis, layout, kw, ids=None, fill=None):
   else:
     t = jnp.take(first, ids, axis=0, mode="fill", fill_value=0)
   if lr.g is not None:
+    if lr.g.ndim > 1 and lr.g.shape != t.shape:  # per-position scales: no silent broadcast
+      raise ValueError(f"per-position scales of shape {lr.g.shape} do not match the product's "
+                       f"positions and rank {t.shape}")
     t = t * lr.g
   y = lax.dot_general(t, second, (((t.ndim - 1,), (1,)), ((), ())), **kw)      # [*pos, n]
   if fill is not None:  # lookups out of range return the gather's fill value, as the model's
@@ -513,10 +581,11 @@ def _dot_rule(eqn, ins, in_tags, ctx):
   perm = (free_perm + list(range(len(o_free))) if s == 0
           else list(range(len(o_free))) + free_perm)
   layout = Layout(tuple(w.shape[a] for a in f_order), tuple(perm))
-  if isinstance(ins[s], _Factored):
-    out = _factored_product(act, ins[s].lr, axis, layout, kw)
+  lr = _next_factors(ctx, ins[s]) if isinstance(ins[s], _Factored) else None
+  if lr is not None:
+    out = _factored_product(act, lr, axis, layout, kw)
   else:
-    out = _bind(eqn, ins)[0]
+    out = _bind(eqn, _leaf_values(ins))[0]
   if in_tags[s] is not None:
     out = _record(ctx, in_tags[s], MatmulUse(act, out, axis, view, layout))
   return [out], [None]
@@ -545,11 +614,13 @@ def _conv_rule(eqn, ins, in_tags, ctx):
   perm = [i - (i > feat) if i != feat else n_pos for i in range(n_pos + 1)]
   layout = Layout((w.shape[rhs_spec[0]],), tuple(perm))
   kw = dict(precision=p.get("precision"), preferred_element_type=p.get("preferred_element_type"))
-  fac = ins[1] if isinstance(ins[1], _Factored) else None
-  if fac is not None and fac.lr.A.shape[1] * sum(view) <= math.prod(view):
-    out = _factored_product(act, fac.lr, axis, layout, kw)
+  lr = _next_factors(ctx, ins[1]) if isinstance(ins[1], _Factored) else None
+  if lr is not None and (lr.A.shape[1] * sum(view) <= math.prod(view)
+                         or (lr.g is not None and lr.g.ndim > 1)):
+    out = _factored_product(act, lr, axis, layout, kw)
   else:  # a rank too high for the patches to pay: the dense kernel (still exact)
-    out = _bind(eqn, _densify(ins))[0]
+    out = _bind(eqn, [ins[0], ins[1].dense(lr) if isinstance(ins[1], _Factored) else ins[1]]
+                + list(ins[2:]))[0]
   if in_tags[1] is not None:
     out = _record(ctx, in_tags[1], MatmulUse(act, out, axis, view, layout))
   return [out], [None]
@@ -611,14 +682,15 @@ def _gather_rule(eqn, ins, in_tags, ctx):
       perm.append(k)
       k += 1
   layout = Layout(tuple(w.shape[a] for a in f_order), tuple(perm))
-  if isinstance(ins[0], _Factored):
+  lr = _next_factors(ctx, ins[0]) if isinstance(ins[0], _Factored) else None
+  if lr is not None:
     fill = None
     if mode == lax.GatherScatterMode.FILL_OR_DROP:
       fill = jnp.nan if p["fill_value"] is None else p["fill_value"]
-    out = _factored_product(None, ins[0].lr, axis, layout,
+    out = _factored_product(None, lr, axis, layout,
                             {}, ids=ids, fill=fill)
   else:
-    out = _bind(eqn, ins)[0]
+    out = _bind(eqn, _leaf_values(ins))[0]
   if in_tags[0] is not None:
     out = _record(ctx, in_tags[0], MatmulUse(None, out, axis, view, layout, ids))
   return [out], [None]

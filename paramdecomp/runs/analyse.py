@@ -8,9 +8,9 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from paramdecomp.core.checkpoint import MissingCheckpointError
-from paramdecomp.runs import decompose_apd, decompose_l3d, runner
+from paramdecomp.runs import decompose_apd, decompose_l3d, decompose_spd, runner
 
-SPECS = {s.name: s for s in (decompose_apd.SPEC, decompose_l3d.SPEC)}
+SPECS = {s.name: s for s in (decompose_apd.SPEC, decompose_l3d.SPEC, decompose_spd.SPEC)}
 
 
 def spec_of(workdir: str) -> runner.Spec:

@@ -1,0 +1,156 @@
+"""The summary of an SPD run (METHODS.md §2.8): final losses on a fresh batch, CI-L0 and alive
+counts, non-negligible subcomponents per weight, CI heatmaps on one-hot inputs (PNG), and the
+target kind's analyses (TMS: MMCS / ML2R and the arrows; ResidMLP: subcomponents per feature and
+the neuron-contribution scatter)."""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from paramdecomp.core.metrics import mmcs_ml2r
+from paramdecomp.methods import spd
+from paramdecomp.runs import figures
+from paramdecomp.toy_models import resid_mlp
+
+
+def greedy_order(ci: np.ndarray) -> np.ndarray:
+  """Column order of a CI matrix [n_inputs, C]: input i (in turn) takes the not-yet-used
+  subcomponent with the highest CI on it; the unused ones follow."""
+  used = []
+  for row in ci:
+    rest = [c for c in np.argsort(-row) if c not in used]
+    if rest:
+      used.append(rest[0])
+  return np.asarray(used + [c for c in range(ci.shape[1]) if c not in used])
+
+
+def ci_heatmaps(ci: dict, path: str, title: str = "") -> str:
+  """One heatmap per site: CI [n_inputs, C] of every subcomponent on one-hot inputs, columns in
+  `greedy_order`."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(len(ci), 1, figsize=(8, 1.2 + 0.25 * sum(v.shape[0] for v in
+                                                                      ci.values())),
+                           squeeze=False, layout="constrained")
+  for ax, (site, v) in zip(axes[:, 0], ci.items()):
+    im = ax.imshow(v[:, greedy_order(v)], vmin=0, vmax=1, cmap="Blues", aspect="auto")
+    ax.set_title(site, fontsize=9)
+    ax.set_ylabel("input feature")
+  axes[-1, 0].set_xlabel("subcomponent (greedy order)")
+  fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.6)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def one_hot_ci(apply, params, state, n_features: int, value: float, cfg) -> dict:
+  """{site: CI [n_features, C]} on the inputs value * e_i."""
+  x = value * jnp.eye(n_features, dtype=jax.tree.leaves(params)[0].dtype)
+  g = jax.jit(lambda s, p, x: spd.causal_importances(apply, p, s, x, cfg))(state, params, x)
+  return {k: np.asarray(v) for k, v in g.items()}
+
+
+def counts(state, frac: float) -> dict:
+  """{path: non-negligible subcomponents}: Frobenius norm above `frac` of the weight's largest."""
+  norms = spd.subcomponent_norms(state)
+  return {p: int(np.sum(np.asarray(n) > frac * float(np.max(n)))) for p, n in norms.items()}
+
+
+def tms_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
+  w = params["W"]
+  mats = spd.subcomponents(state)["W"]
+  mmcs, ml2r = mmcs_ml2r(w, mats)
+  out = dict(mmcs=float(mmcs), ml2r=float(ml2r), n_features=int(tcfg.model.n_features),
+             represented_features=int((np.linalg.norm(np.asarray(w), axis=0) >= 0.5).sum()))
+  if "hidden" in state.sub:   # the identity: m1 subcomponents summing to I, CI ~1 everywhere
+    h = np.asarray(spd.subcomponents(state)["hidden"].sum(0))
+    out["hidden_sum_error"] = float(np.abs(h - np.asarray(params["hidden"]).reshape(h.shape))
+                                    .max())
+  if w.shape[0] == 2 and jax.process_index() == 0:
+    keep = np.asarray(spd.subcomponent_norms(state)["W"]) > c.analysis.negligible * float(
+        np.max(spd.subcomponent_norms(state)["W"]))
+    out["arrows_figure"] = figures.tms_arrows(
+        np.asarray(w), np.asarray(mats)[keep], os.path.join(out_dir, "tms_subcomponents.png"),
+        title=f"SPD on TMS {w.shape[1]}-{w.shape[0]}: MMCS {mmcs:.3f}, ML2R {ml2r:.3f}")
+  return out
+
+
+def resid_mlp_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
+  """Per layer: W_in subcomponents active (CI > analysis.active) on each one-hot input, W_out
+  subcomponents active on every one-hot input; each feature's summed neuron contribution of
+  its best W_in subcomponent (W_out at the sum of its subcomponents) against the target's."""
+  act = c.analysis.active
+  out, target_nc, spd_nc = {}, [], []
+  mats = spd.subcomponents(state)
+  w_e = np.asarray(params["W_E"])
+  n = w_e.shape[1]
+  for i in sorted(params["layers"], key=int):
+    p_in, p_out = f"layers/{i}/W_in", f"layers/{i}/W_out"
+    if p_in in ci:
+      on = ci[p_in] > act                                            # [n, C]
+      out[f"{p_in}/per_feature"] = [int(k) for k in on.sum(1)]
+      out[f"{p_in}/features_with_one"] = int((on.sum(1) == 1).sum())
+      out[f"{p_in}/distinct"] = int(len({int(np.argmax(r)) for r in ci[p_in]}))
+    if p_out in ci:
+      out[f"{p_out}/active_on_every_input"] = int((ci[p_out] > act).all(0).sum())
+    if p_in in mats and p_out in mats:
+      lay = params["layers"][i]
+      w_in, w_out = np.asarray(lay["W_in"]), np.asarray(lay["W_out"])
+      sub_in = np.asarray(mats[p_in])                                # [C, d_mlp, d_resid]
+      full_out = np.asarray(mats[p_out]).sum(0)
+      for f in range(n):
+        read = w_e[:, f] @ w_out                                     # W_U[f] W_out  [d_mlp]
+        target_nc.append(read * (w_in @ w_e[:, f]))
+        cand = (w_e[:, f] @ full_out) * (sub_in @ w_e[:, f])         # [C, d_mlp]
+        spd_nc.append(cand[np.argmax(cand.sum(1))])
+  if target_nc:
+    t, s = np.concatenate(target_nc), np.concatenate(spd_nc)
+    out["contribution_slope"] = float(t @ s / max(t @ t, 1e-30))
+    if jax.process_index() == 0:
+      import matplotlib
+      matplotlib.use("Agg")
+      import matplotlib.pyplot as plt
+      fig, ax = plt.subplots(figsize=(4, 4))
+      ax.scatter(t, s, s=4)
+      lim = [min(t.min(), s.min()), max(t.max(), s.max())]
+      ax.plot(lim, lim, "k--", lw=0.8)
+      ax.set_xlabel("target neuron contribution")
+      ax.set_ylabel("best W_in subcomponent's")
+      out["contributions_figure"] = figures._save(
+          fig, os.path.join(out_dir, "neuron_contributions.png"),
+          f"slope {out['contribution_slope']:.3f}")
+  return out
+
+
+ANALYSES = {"tms": tms_analysis, "resid_mlp": resid_mlp_analysis}
+
+
+def summarize(c, plan, target, tcfg, raw, state: spd.State, key, out_dir) -> dict:
+  """Final losses and CI statistics on a fresh batch, counts, heatmaps and the kind's analyses."""
+  del raw
+  apply, params, mcfg = plan.apply, plan.params, plan.cfg
+  x = plan.batch_fn(jax.random.fold_in(key, 2))
+  total, metrics = jax.jit(lambda s, p, x, k: spd.loss(s, p, x, k, apply=apply, cfg=mcfg))(
+      state, params, x, jax.random.fold_in(key, 3))
+  out = {"loss": float(total), **{k: float(v) for k, v in metrics.items()}}
+  out["non_negligible"] = counts(state, c.analysis.negligible)
+  out["non_negligible_total"] = int(sum(out["non_negligible"].values()))
+  ci = {}
+  n_in = getattr(tcfg.model, "n_features", None) if target.kind in ANALYSES else None
+  if n_in:
+    ci = one_hot_ci(apply, params, state, n_in, c.analysis.one_hot, mcfg)
+    if jax.process_index() == 0:
+      out["ci_figure"] = ci_heatmaps(ci, os.path.join(out_dir, "ci_one_hot.png"),
+                                     f"CI on one-hot inputs ({c.analysis.one_hot})")
+  if target.kind in ANALYSES:
+    out.update(ANALYSES[target.kind](c, params, state, tcfg, ci, out_dir))
+  logging.info("summary: %s", json.dumps(out))
+  return out

@@ -1,0 +1,120 @@
+"""SPD runs through scripts/decompose_spd.py: a killed run resumes bit-identical, a 2x4 mesh of 8
+simulated devices matches one device, the summary reopens. Subprocesses: the device count is
+fixed when jax starts, and the runs are float32 (the tests run in x64)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from paramdecomp.core.checkpoint import Checkpointer, load_tree
+from paramdecomp.runs import targets as training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "scripts", "decompose_spd.py")
+CONFIG = os.path.join(ROOT, "paramdecomp", "configs", "spd_tms.py")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+    mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    yield
+
+
+@pytest.fixture(scope="module")
+def target_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("target"))
+  c = training.default_config()
+  c.seed, c.optim.steps, c.run.log_every, c.run.steps_per_dispatch = 1, 500, 0, 500
+  training.train_target(c, d)
+  return d
+
+
+def _cmd(target_dir, workdir, steps, *extra):
+  return [sys.executable, SCRIPT, f"--config={CONFIG}:5-2", f"--workdir={workdir}",
+          f"--config.target_dir={target_dir}", f"--config.optim.steps={steps}",
+          "--config.batch_size=256", "--config.spd.C=8", "--config.run.steps_per_dispatch=20",
+          "--config.run.checkpoint_every=20", "--config.run.log_every=20", *extra]
+
+
+def _env(devices=1):
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+              JAX_PLATFORMS="cpu")
+
+
+def _run(cmd, devices=1):
+  r = subprocess.run(cmd, capture_output=True, text=True, env=_env(devices), cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _final(workdir, step):
+  return [np.asarray(x) for x in jax.tree.leaves(
+      load_tree(os.path.join(workdir, "checkpoints", str(step), "default")))]
+
+
+def _logged(d):  # metrics.jsonl without the timing column
+  with open(os.path.join(d, "metrics.jsonl")) as f:
+    return [{k: v for k, v in json.loads(line).items() if k != "steps_per_s"} for line in f]
+
+
+def test_killed_spd_run_resumes_bit_identical_and_reanalyses_to_its_summary(target_dir,
+                                                                            tmp_path):
+  steps = 1000
+  full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+  _run(_cmd(target_dir, full, steps))
+  proc = subprocess.Popen(_cmd(target_dir, killed, steps), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, env=_env(), cwd=ROOT)
+  ckdir = os.path.join(killed, "checkpoints")
+  deadline = time.time() + 180
+  while time.time() < deadline and proc.poll() is None:
+    done = [int(s) for s in os.listdir(ckdir) if s.isdigit()] if os.path.isdir(ckdir) else []
+    if done and max(done) >= 100:
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  stopped_at = Checkpointer(killed).latest_step()
+  assert stopped_at is not None and stopped_at < steps, "the run was not killed mid-way"
+  _run(_cmd(target_dir, killed, steps, "--resume"))
+  a, b = _final(full, steps), _final(killed, steps)
+  assert _logged(killed) == _logged(full)
+  assert [r["step"] for r in _logged(full)] == list(range(20, steps + 1, 20))
+  assert len(a) == len(b) > 8
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  with open(os.path.join(full, "summary.json")) as f:
+    summary = json.load(f)
+  _run([sys.executable, os.path.join(ROOT, "scripts", "analyse_run.py"), f"--workdir={full}"])
+  with open(os.path.join(full, f"analysis_{steps}", "summary.json")) as f:
+    again = json.load(f)
+  for k in ("loss", "faithfulness", "stochastic_recon", "mmcs", "ml2r", "non_negligible"):
+    assert again[k] == summary[k], k
+  assert os.path.isfile(summary["ci_figure"]) and summary["n_features"] == 5
+
+
+def test_spd_on_a_2x4_mesh_of_8_devices_matches_one_device(target_dir, tmp_path):
+  steps = 40
+  _run(_cmd(target_dir, tmp_path / "one", steps))
+  _run(_cmd(target_dir, tmp_path / "mesh", steps, "--config.run.mesh.data=2",
+            "--config.run.mesh.components=4"), devices=8)
+  a, b = _final(tmp_path / "one", steps), _final(tmp_path / "mesh", steps)
+  assert len(a) == len(b) > 8
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-7)
+  with open(tmp_path / "mesh" / "checkpoints" / str(steps) / "default" / "_sharding") as f:
+    specs = [json.loads(v)["partition_spec"] for v in json.load(f).values()]
+  assert sum(s == ["components"] for s in specs) >= 3 * 6   # U, V, 4 CI arrays per site
+
+
+def test_subcomponents_not_divisible_over_the_mesh_fail_by_name(tmp_path):
+  r = subprocess.run(_cmd("unused", tmp_path / "x", 10, "--config.run.mesh.components=3"),
+                     capture_output=True, text=True, env=_env(8), cwd=ROOT)
+  assert r.returncode != 0
+  assert "invalid config field 'run.mesh.components': C=8 subcomponents do not divide" in r.stderr
