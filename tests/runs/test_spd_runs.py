@@ -20,14 +20,6 @@ SCRIPT = os.path.join(ROOT, "scripts", "decompose_spd.py")
 CONFIG = os.path.join(ROOT, "paramdecomp", "configs", "spd_tms.py")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-    mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    yield
-
-
 @pytest.fixture(scope="module")
 def target_dir(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("target"))
