@@ -24,16 +24,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 STEPS = 60
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """One persistent compilation cache for this module's runs, fresh each session: a toy run is
-  mostly compiling, and the runs share many programs (e.g. every L3D summary's one-device work)."""
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-    mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    yield
-
-
 @pytest.fixture(scope="module")
 def target_dir(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("target"))
