@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 # one worker per core (CI has 2), whole files per worker so module fixtures are built once
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadfile --durations=30
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -s
