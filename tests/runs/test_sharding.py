@@ -257,6 +257,8 @@ def test_l3d_checkpoint_of_a_2x4_mesh_resumes_on_4x2_to_the_same_end(target_dir,
   _assert_l3d_close(got, l3d_single.result())
 
 
+# slow: the two-process path is the runner's, checked in the default suite by the APD run above
+@pytest.mark.slow
 def test_l3d_two_processes_on_loopback_match_single_device(target_dir, l3d_single, tmp_path):
   """2 processes x 4 devices on a 2x4 mesh: the same state, log and summary as one device;
   process 0 alone writes the log (once per epoch), the summary and the figures."""
