@@ -4,6 +4,8 @@ so S seeds cost about as much as one). For measuring how often a recipe succeeds
 record go through the runner (`decompose_apd`, `targets.train_target`)."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -20,19 +22,20 @@ def stack(trees: list):
   return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
 
+@functools.partial(jax.jit, static_argnames=("update", "chunk"))
+def _multi(states, frozen, update, chunk: int):
+  """`chunk` vmapped steps in one scan (compiled once per update, chunk and shapes)."""
+  return jax.lax.scan(lambda s, _: (jax.vmap(update)(s, frozen)[0], None), states, None,
+                      length=chunk)[0]
+
+
 def run_steps(update, states, frozen, steps: int, chunk: int = 500):
   """`steps` applications of ``update(TrainState, frozen)`` to every seed of the stacked
   `states` (with its stacked `frozen`), `chunk` steps per compiled dispatch."""
   if steps % chunk:
     raise ValueError(f"steps={steps} is not a multiple of chunk={chunk}")
-
-  @jax.jit
-  def multi(ts, fz):
-    return jax.lax.scan(lambda s, _: (jax.vmap(update)(s, fz)[0], None), ts, None,
-                        length=chunk)[0]
-
   for _ in range(steps // chunk):
-    states = multi(states, frozen)
+    states = _multi(states, frozen, update=update, chunk=chunk)
   return states
 
 
