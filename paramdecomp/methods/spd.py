@@ -16,7 +16,8 @@ per-sample dense weight is ever formed. Losses (each with its coefficient): fait
 stochastic reconstruction (every site masked), layerwise stochastic reconstruction (one site at
 a time, the rest at the target's weights), importance minimality (p, optionally annealed), and
 the extras: deterministic (m = g) and layerwise deterministic reconstruction, the all-ones
-output reconstruction and the CI-weighted Schatten penalty.
+output reconstruction, the CI-weighted Schatten penalty and, for language models, the
+embedding reconstruction (the masked embedding table's rows against the target's).
 
 Method surface: default_config, validate, init, loss, make_update, normalize, COMPONENT_TYPES.
 """
@@ -88,12 +89,14 @@ def default_config() -> ml_collections.ConfigDict:
       recon_layerwise_coeff=0.0,
       out_recon_coeff=0.0,            # all subcomponents unmasked (m = 1)
       schatten_coeff=0.0,             # E sum g_up^p (|u_c|^2 + |v_c|^2)
+      embedding_recon_coeff=0.0,      # stochastically masked embedding rows vs the target's
   ))
 
 
 _COEFFS = ("faithfulness_coeff", "stochastic_recon_coeff", "stochastic_recon_layerwise_coeff",
            "importance_minimality_coeff", "recon_coeff", "recon_layerwise_coeff",
-           "out_recon_coeff", "schatten_coeff", "importance_eps", "pnorm_final")
+           "out_recon_coeff", "schatten_coeff", "embedding_recon_coeff", "importance_eps",
+           "pnorm_final")
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
@@ -233,11 +236,35 @@ def inner_acts(use, f: Factors, site: Site) -> jax.Array:
 
 
 def target_pass(apply, params, state: State, x, ss):
-  """(target output, {site: its input [*pos, d_in] or None for a lookup}, {site: h [*pos, C]})."""
+  """(target output, {site: its input [*pos, d_in] or None for a lookup}, {site: h [*pos, C]},
+  {lookup site: its ids [*pos]})."""
   y, uses = trace_matmuls(apply, params, {}, x, list(state.sub))
   acts = {s.name: uses[s.path][s.use].act for s in ss}
   inner = {s.name: inner_acts(uses[s.path][s.use], state.sub[s.path], s) for s in ss}
-  return y, acts, inner
+  ids = {s.name: uses[s.path][s.use].ids for s in ss if s.lookup}
+  return y, acts, inner, ids
+
+
+def embedding_recon(params, state: State, ss, ids: dict, masks: dict) -> jax.Array:
+  """Summed over the lookup sites (embeddings): the mean over positions of
+  |sum_c m_c(pos) u_c v_c[id] - W*[id]|^2 (the squared error summed over the embedding width),
+  the masked table's row for each looked-up id against the target's (the reference's
+  `embedding_recon` without its optional unembedding). ids {site: [*pos]}, masks {site:
+  [*pos, C]}."""
+  if not ids:
+    raise ValueError("embedding_recon_coeff > 0 needs a decomposed embedding (a weight the "
+                     f"model looks rows up in); the decomposed sites are {[s.name for s in ss]}")
+  ws = pytree.get(params, list(state.sub))
+  total = 0.0
+  for s in (s for s in ss if s.lookup):
+    first, second = _sides(state.sub[s.path], s)
+    view = ws[s.path].reshape(state.sub[s.path].U.shape[1], state.sub[s.path].V.shape[1])
+    table = view if s.axis == 0 else view.T                      # [looked-up axis, width]
+    i = ids[s.name]
+    h = jnp.take(first.T, i, axis=0, mode="fill", fill_value=0)  # [*pos, C]
+    row = jnp.take(table, i, axis=0, mode="fill", fill_value=0)  # [*pos, width]
+    total = total + jnp.mean(jnp.sum(((masks[s.name] * h) @ second - row) ** 2, axis=-1))
+  return total
 
 
 def masked_apply(apply: Callable, params, state: State, x, masks: dict, ss) -> jax.Array:
@@ -314,7 +341,7 @@ def importance_minimality(g_up: dict, p, eps: float = 0.0) -> jax.Array:
 def causal_importances(apply: Callable, params, state: State, x, cfg, with_upper=False):
   """{site: g [*pos, C]} (and {site: g_up} with `with_upper`) on the batch x."""
   ss = sites(apply, params, x, list(state.sub))
-  _, acts, inner = target_pass(apply, params, state, x, ss)
+  _, acts, inner, _ = target_pass(apply, params, state, x, ss)
   z = spd_ci.ci_logits(cfg.ci_fn, state.ci, inner, acts, cfg.gelu)
   both = {s: spd_ci.sigmoids(v, cfg.sigmoid, cfg.leaky_alpha) for s, v in z.items()}
   g = {s: b[0] for s, b in both.items()}
@@ -326,7 +353,7 @@ def loss(state: State, params, x, key, *, apply: Callable, cfg, step=None):
   when p is annealed."""
   check_batched(apply, params, x)
   ss = sites(apply, params, x, list(state.sub))
-  y_star, acts, inner = target_pass(apply, params, state, x, ss)
+  y_star, acts, inner, ids = target_pass(apply, params, state, x, ss)
   y_star = jax.lax.stop_gradient(y_star)
   z = spd_ci.ci_logits(cfg.ci_fn, state.ci, inner, acts, cfg.gelu)
   both = {s: spd_ci.sigmoids(v, cfg.sigmoid, cfg.leaky_alpha) for s, v in z.items()}
@@ -338,27 +365,28 @@ def loss(state: State, params, x, key, *, apply: Callable, cfg, step=None):
            "importance_minimality": (cfg.importance_minimality_coeff,
                                      lambda: importance_minimality(g_up, p, cfg.importance_eps))}
 
-  def stochastic(layerwise: bool, k):
+  def stochastic(of_masks: Callable, k):
+    """The mean over S mask samples of of_masks(masks)."""
     total = 0.0
     for i in range(cfg.n_mask_samples):
-      objective = lambda r: recon(spd_masks.masks(g, r))   # what an adversarial source ascends
-      m = spd_masks.masks(g, source(jax.random.fold_in(k, i), g, objective))
-      if layerwise:
-        total = total + sum(recon({s: m[s]}) for s in m) / len(m)
-      else:
-        total = total + recon(m)
+      objective = lambda r: of_masks(spd_masks.masks(g, r))   # what an adversarial source ascends
+      total = total + of_masks(spd_masks.masks(g, source(jax.random.fold_in(k, i), g, objective)))
     return total / cfg.n_mask_samples
 
   k_sr, k_srl = jax.random.split(key)
-  terms["stochastic_recon"] = (cfg.stochastic_recon_coeff, lambda: stochastic(False, k_sr))
+  layerwise = lambda m: sum(recon({s: m[s]}) for s in m) / len(m)
+  terms["stochastic_recon"] = (cfg.stochastic_recon_coeff, lambda: stochastic(recon, k_sr))
   terms["stochastic_recon_layerwise"] = (cfg.stochastic_recon_layerwise_coeff,
-                                         lambda: stochastic(True, k_srl))
+                                         lambda: stochastic(layerwise, k_srl))
   terms["recon"] = (cfg.recon_coeff, lambda: recon(g))
   terms["recon_layerwise"] = (cfg.recon_layerwise_coeff,
                               lambda: sum(recon({s: g[s]}) for s in g) / len(g))
   terms["out_recon"] = (cfg.out_recon_coeff,
                         lambda: recon({s: jnp.ones_like(v) for s, v in g.items()}))
   terms["schatten"] = (cfg.schatten_coeff, lambda: _schatten(g_up, p, state, ss))
+  emb = lambda m: embedding_recon(params, state, ss, ids, m)
+  terms["embedding_recon"] = (cfg.embedding_recon_coeff,       # own draws, as the reference's
+                              lambda: stochastic(emb, jax.random.fold_in(key, 2)))
   total, metrics = 0.0, {}
   for name, (coeff, fn) in terms.items():
     if coeff or name in ("faithfulness", "importance_minimality"):

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from paramdecomp.core import pytree
 from paramdecomp.core.lowrank import Factors
@@ -32,7 +33,7 @@ def _setup(B=4):
   params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
   cfg = spd.default_config()
   cfg.update(dict(decompose=PATTERNS, C=C, d_gate=0, divergence="kl", recon_coeff=1.0,
-                  recon_layerwise_coeff=1.0))
+                  recon_layerwise_coeff=1.0, embedding_recon_coeff=1.0))
   st = spd.init(jax.random.PRNGKey(2), params, cfg, apply=apply, x=ids)
   return ids, params, cfg, st
 
@@ -63,7 +64,8 @@ def test_per_token_masks_and_zero_losses_at_an_exact_decomposition_with_importan
   for k in range(2):
     _, m = f(exact, jax.random.PRNGKey(k))
     assert float(m["faithfulness"]) < 1e-28
-    for name in ("stochastic_recon", "stochastic_recon_layerwise", "recon", "recon_layerwise"):
+    for name in ("stochastic_recon", "stochastic_recon_layerwise", "recon", "recon_layerwise",
+                 "embedding_recon"):
       assert abs(float(m[name])) < 1e-13, (name, m[name])
     np.testing.assert_allclose(m["importance_minimality"], len(ss) * C)
   # the random init is far from the target: the KL sees it
@@ -97,3 +99,35 @@ def test_chunked_losses_and_gradients_equal_the_whole_batch():
     np.testing.assert_allclose(m2[k], m1[k], rtol=1e-10)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-12)
+
+
+def test_embedding_recon_against_per_position_dense_tables():
+  ids, params, cfg, st = _setup()
+  ss = spd.sites(apply, params, ids, list(st.sub))
+  emb = next(s for s in ss if s.lookup)
+  _, _, _, found = spd.target_pass(apply, params, st, ids, ss)
+  assert set(found) == {emb.name}
+  m = {emb.name: jax.random.uniform(jax.random.PRNGKey(5), ids.shape + (C,), jnp.float64)}
+  got = spd.embedding_recon(params, st, ss, found, m)
+  f = st.sub[emb.path]
+  table = np.asarray(pytree.get(params, [emb.path])[emb.path])          # [V, DM]
+  want = []
+  for b in range(ids.shape[0]):
+    for t in range(T):
+      masked = sum(float(m[emb.name][b, t, c]) * np.outer(f.U[c, :, 0], f.V[c, :, 0])
+                   for c in range(C))
+      masked = masked if emb.axis == 0 else masked.T
+      want.append(np.sum((masked[ids[b, t]] - table[ids[b, t]]) ** 2))
+  np.testing.assert_allclose(got, np.mean(want), rtol=1e-10)
+  # the loss's term (zero at an exact decomposition with importance one: the test above) sees
+  # the random init
+  _, metrics = spd.loss(st, params, ids, jax.random.PRNGKey(0), apply=apply, cfg=cfg)
+  assert float(metrics["embedding_recon"]) > 1e-3
+
+
+def test_embedding_recon_without_a_decomposed_embedding_fails_naming_the_field():
+  ids, params, cfg, _ = _setup()
+  cfg.update(dict(decompose=("params/Dense_0/kernel",), embedding_recon_coeff=1.0))
+  st = spd.init(jax.random.PRNGKey(2), params, cfg, apply=apply, x=ids)
+  with pytest.raises(ValueError, match="embedding_recon_coeff > 0 needs a decomposed embedding"):
+    spd.loss(st, params, ids, jax.random.PRNGKey(0), apply=apply, cfg=cfg)
