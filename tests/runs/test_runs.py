@@ -18,7 +18,9 @@ from paramdecomp.core.config import ConfigError
 from paramdecomp.runs import decompose_apd as decomposition
 from paramdecomp.runs import targets as training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _procs import ROOT, final
+
+
 DECOMPOSE = os.path.join(ROOT, "scripts", "decompose.py")
 CONFIG = os.path.join(ROOT, "paramdecomp", "configs", "apd_tms.py")
 
@@ -37,11 +39,6 @@ def _decompose_cmd(target_dir, workdir, steps, *extra):
           f"--config.target_dir={target_dir}", f"--config.optim.steps={steps}",
           "--config.run.checkpoint_every=100", "--config.run.steps_per_dispatch=50",
           "--config.run.log_every=100", *extra]
-
-
-def _final_state(workdir, step):
-  return jax.tree.leaves(load_tree(os.path.join(workdir, "checkpoints", str(step),
-                                                         "default")))
 
 
 def test_killed_run_resumes_bit_identical(target_dir, tmp_path):
@@ -65,7 +62,7 @@ def test_killed_run_resumes_bit_identical(target_dir, tmp_path):
 
   subprocess.run(_decompose_cmd(target_dir, killed, steps, "--resume"), check=True,
                  capture_output=True)
-  a, b = _final_state(full, steps), _final_state(killed, steps)
+  a, b = final(full, steps), final(killed, steps)
   def logged(d):  # metrics.jsonl without the timing column
     with open(os.path.join(d, "metrics.jsonl")) as f:
       return [{k: v for k, v in json.loads(line).items() if k != "steps_per_s"} for line in f]

@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -15,12 +14,12 @@ import jax
 import numpy as np
 import pytest
 
-from paramdecomp.core.checkpoint import load_tree
 from paramdecomp.core.config import ConfigError
 from paramdecomp.runs import decompose_l3d as l3d_decomposition
 from paramdecomp.runs import targets as training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _procs import ROOT, env, final, run, start, stop, two_processes, wait
+
 STEPS = 60
 
 
@@ -43,56 +42,6 @@ def _cmd(target_dir, workdir, data, comps, *extra):
           f"--config.run.mesh.data={data}", f"--config.run.mesh.components={comps}", *extra]
 
 
-def _env(devices):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-              JAX_PLATFORMS="cpu")
-
-
-def _run(cmd, devices=8):
-  r = subprocess.run(cmd, capture_output=True, text=True, env=_env(devices), cwd=ROOT)
-  assert r.returncode == 0, r.stderr[-3000:]
-
-
-def _start(cmd, devices):
-  return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=_env(devices), cwd=ROOT)
-
-
-def _wait(*procs) -> list[str]:
-  """The stderr of each of `procs`, which must all succeed (any left running when one fails are
-  stopped)."""
-  errs = []
-  try:
-    for p in procs:
-      _, err = p.communicate(timeout=300)
-      assert p.returncode == 0, err[-3000:]
-      errs.append(err)
-  finally:
-    _stop(*procs)
-  return errs
-
-
-def _stop(*procs):
-  for p in procs:
-    if p.poll() is None:
-      p.kill()
-      p.communicate()
-
-
-def _two_processes(cmd, *args):
-  """Processes 0 and 1 of a run on loopback, 4 devices each: `cmd(*args, *distributed flags)`."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  return [_start(cmd(*args, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                     f"--process_id={i}"), 4) for i in range(2)]
-
-
-def _final(workdir, step=STEPS):
-  tree = load_tree(os.path.join(workdir, "checkpoints", str(step), "default"))
-  return [np.asarray(x) for x in jax.tree.leaves(tree)]
-
-
 def _assert_close(a, b):
   assert len(a) == len(b) > 4
   for x, y in zip(a, b):
@@ -102,29 +51,29 @@ def _assert_close(a, b):
 @pytest.fixture(scope="module")
 def single(target_dir, tmp_path_factory):
   d = str(tmp_path_factory.mktemp("single") / "run")
-  _run(_cmd(target_dir, d, 1, 1), devices=1)
-  return _final(d)
+  run(_cmd(target_dir, d, 1, 1), devices=1)
+  return final(d, STEPS)
 
 
 def test_sharded_run_matches_single_device_and_restores_across_meshes(target_dir, single,
                                                                       tmp_path):
-  _run(_cmd(target_dir, tmp_path / "mesh2x4", 2, 4))
-  _assert_close(single, _final(tmp_path / "mesh2x4"))
+  run(_cmd(target_dir, tmp_path / "mesh2x4", 2, 4), devices=8)
+  _assert_close(single, final(tmp_path / "mesh2x4", STEPS))
   # a 2x4 checkpoint of step 40 continues on a 4x2 mesh to the same end
   shutil.copytree(tmp_path / "mesh2x4", tmp_path / "moved")
   shutil.rmtree(tmp_path / "moved" / "checkpoints" / str(STEPS))
-  _run(_cmd(target_dir, tmp_path / "moved", 4, 2, "--resume"))
-  _assert_close(single, _final(tmp_path / "moved"))
+  run(_cmd(target_dir, tmp_path / "moved", 4, 2, "--resume"), devices=8)
+  _assert_close(single, final(tmp_path / "moved", STEPS))
 
 
 def test_two_processes_on_loopback_match_single_device(target_dir, single, tmp_path):
-  _wait(*_two_processes(_cmd, target_dir, tmp_path / "multi", 2, 4))
-  _assert_close(single, _final(tmp_path / "multi"))
+  wait(*two_processes(_cmd, target_dir, tmp_path / "multi", 2, 4))
+  _assert_close(single, final(tmp_path / "multi", STEPS))
 
 
 def test_components_not_divisible_over_the_mesh_fail_by_name(tmp_path):
   r = subprocess.run(_cmd("unused", tmp_path / "x", 1, 3), capture_output=True, text=True,
-                     env=_env(8), cwd=ROOT)
+                     env=env(8), cwd=ROOT)
   assert r.returncode != 0
   assert "invalid config field 'run.mesh.components': C=8 components do not divide" in r.stderr
 
@@ -150,7 +99,7 @@ def test_chunked_per_sample_work_stays_split_over_the_data_axis():
   one device's (XLA's flop count of the program, a chunk's for the chunked scan), in chunks too:
   every chunk is split over the devices, not run whole on one."""
   r = subprocess.run([sys.executable, "-c", _SPLIT_WORK], capture_output=True, text=True,
-                     env=_env(8), cwd=ROOT)
+                     env=env(8), cwd=ROOT)
   assert r.returncode == 0, r.stderr[-3000:]
   np.testing.assert_allclose([float(v) for v in r.stdout.split()], [1 / 8] * 2, rtol=1e-3)
 
@@ -181,7 +130,7 @@ def _l3d_result(workdir) -> dict:
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
   del summary["figures"]  # paths
-  out = {f"state{i}": x for i, x in enumerate(_final(workdir, L3D_STEPS))}
+  out = {f"state{i}": x for i, x in enumerate(final(workdir, L3D_STEPS))}
   out.update({f"logged {k}": np.asarray([m[k] for m in logged], np.float64)
               for k in ("step", "loss", "active", "p_act")})
   out.update({f"summary {jax.tree_util.keystr(k)}": np.asarray(v, np.float64)
@@ -204,7 +153,7 @@ class _L3DRun:
 
   def result(self) -> dict:
     if self._result is None:
-      self.stderr = _wait(*self.procs)
+      self.stderr = wait(*self.procs)
       self._result = _l3d_result(self.workdir)
     return self._result
 
@@ -214,17 +163,17 @@ class _L3DRun:
 @pytest.fixture(scope="module")
 def l3d_single(target_dir, tmp_path_factory):
   d = tmp_path_factory.mktemp("l3d_single") / "run"
-  run = _L3DRun(d, [_start(_l3d_cmd(target_dir, d, 1, 1), 1)])
-  yield run
-  _stop(*run.procs)  # unless a test waited for it
+  l3d = _L3DRun(d, [start(_l3d_cmd(target_dir, d, 1, 1), 1)])
+  yield l3d
+  stop(*l3d.procs)  # unless a test waited for it
 
 
 @pytest.fixture(scope="module")
 def l3d_mesh(target_dir, tmp_path_factory):
   d = tmp_path_factory.mktemp("l3d_mesh") / "run"
-  run = _L3DRun(d, [_start(_l3d_cmd(target_dir, d, 2, 4), 8)])
-  yield run
-  _stop(*run.procs)
+  l3d = _L3DRun(d, [start(_l3d_cmd(target_dir, d, 2, 4), 8)])
+  yield l3d
+  stop(*l3d.procs)
 
 
 def test_l3d_on_a_2x4_mesh_matches_single_device(l3d_single, l3d_mesh):
@@ -251,9 +200,9 @@ def test_l3d_checkpoint_of_a_2x4_mesh_resumes_on_4x2_to_the_same_end(target_dir,
   shutil.copytree(l3d_mesh.workdir, moved)
   shutil.rmtree(moved / "checkpoints" / str(L3D_STEPS))
   os.remove(moved / "summary.json")
-  run = _L3DRun(moved, [_start(_l3d_cmd(target_dir, moved, 4, 2, "--resume"), 8)])
-  got = run.result()
-  assert "resuming from step 8 " in run.stderr[0]
+  l3d = _L3DRun(moved, [start(_l3d_cmd(target_dir, moved, 4, 2, "--resume"), 8)])
+  got = l3d.result()
+  assert "resuming from step 8 " in l3d.stderr[0]
   _assert_l3d_close(got, l3d_single.result())
 
 
@@ -263,7 +212,7 @@ def test_l3d_two_processes_on_loopback_match_single_device(target_dir, l3d_singl
   """2 processes x 4 devices on a 2x4 mesh: the same state, log and summary as one device;
   process 0 alone writes the log (once per epoch), the summary and the figures."""
   multi = tmp_path / "multi"
-  got = _L3DRun(multi, _two_processes(_l3d_cmd, target_dir, multi, 2, 4)).result()
+  got = _L3DRun(multi, two_processes(_l3d_cmd, target_dir, multi, 2, 4)).result()
   _assert_l3d_close(got, l3d_single.result())
   assert all((multi / f).is_file() for f in ("subnetworks.png", "perturbation_sweeps.png"))
 

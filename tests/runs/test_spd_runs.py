@@ -1,5 +1,5 @@
 """SPD runs through scripts/decompose_spd.py: a killed run resumes bit-identical, a 2x4 mesh of 8
-simulated devices matches one device, the summary reopens. Subprocesses: the device count is
+simulated devices and two processes on loopback match one device, the summary reopens. Subprocesses: the device count is
 fixed when jax starts, and the runs are float32 (the tests run in x64)."""
 import json
 import os
@@ -8,14 +8,14 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
-from paramdecomp.core.checkpoint import Checkpointer, load_tree
+from paramdecomp.core.checkpoint import Checkpointer
 from paramdecomp.runs import targets as training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _procs import ROOT, env, final, run, two_processes, wait
+
 SCRIPT = os.path.join(ROOT, "scripts", "decompose_spd.py")
 CONFIG = os.path.join(ROOT, "paramdecomp", "configs", "spd_tms.py")
 
@@ -36,21 +36,6 @@ def _cmd(target_dir, workdir, steps, *extra):
           "--config.run.checkpoint_every=20", "--config.run.log_every=20", *extra]
 
 
-def _env(devices=1):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-              JAX_PLATFORMS="cpu")
-
-
-def _run(cmd, devices=1):
-  r = subprocess.run(cmd, capture_output=True, text=True, env=_env(devices), cwd=ROOT)
-  assert r.returncode == 0, r.stderr[-3000:]
-
-
-def _final(workdir, step):
-  return [np.asarray(x) for x in jax.tree.leaves(
-      load_tree(os.path.join(workdir, "checkpoints", str(step), "default")))]
-
-
 def _logged(d):  # metrics.jsonl without the timing column
   with open(os.path.join(d, "metrics.jsonl")) as f:
     return [{k: v for k, v in json.loads(line).items() if k != "steps_per_s"} for line in f]
@@ -60,9 +45,9 @@ def test_killed_spd_run_resumes_bit_identical_and_reanalyses_to_its_summary(targ
                                                                             tmp_path):
   steps = 1000
   full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-  _run(_cmd(target_dir, full, steps))
+  run(_cmd(target_dir, full, steps))
   proc = subprocess.Popen(_cmd(target_dir, killed, steps), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, env=_env(), cwd=ROOT)
+                          stderr=subprocess.DEVNULL, env=env(), cwd=ROOT)
   ckdir = os.path.join(killed, "checkpoints")
   deadline = time.time() + 180
   while time.time() < deadline and proc.poll() is None:
@@ -74,8 +59,8 @@ def test_killed_spd_run_resumes_bit_identical_and_reanalyses_to_its_summary(targ
   proc.wait()
   stopped_at = Checkpointer(killed).latest_step()
   assert stopped_at is not None and stopped_at < steps, "the run was not killed mid-way"
-  _run(_cmd(target_dir, killed, steps, "--resume"))
-  a, b = _final(full, steps), _final(killed, steps)
+  run(_cmd(target_dir, killed, steps, "--resume"))
+  a, b = final(full, steps), final(killed, steps)
   assert _logged(killed) == _logged(full)
   assert [r["step"] for r in _logged(full)] == list(range(20, steps + 1, 20))
   assert len(a) == len(b) > 8
@@ -83,7 +68,7 @@ def test_killed_spd_run_resumes_bit_identical_and_reanalyses_to_its_summary(targ
     np.testing.assert_array_equal(x, y)
   with open(os.path.join(full, "summary.json")) as f:
     summary = json.load(f)
-  _run([sys.executable, os.path.join(ROOT, "scripts", "analyse_run.py"), f"--workdir={full}"])
+  run([sys.executable, os.path.join(ROOT, "scripts", "analyse_run.py"), f"--workdir={full}"])
   with open(os.path.join(full, f"analysis_{steps}", "summary.json")) as f:
     again = json.load(f)
   for k in ("loss", "faithfulness", "stochastic_recon", "mmcs", "ml2r", "non_negligible"):
@@ -91,22 +76,46 @@ def test_killed_spd_run_resumes_bit_identical_and_reanalyses_to_its_summary(targ
   assert os.path.isfile(summary["ci_figure"]) and summary["n_features"] == 5
 
 
-def test_spd_on_a_2x4_mesh_of_8_devices_matches_one_device(target_dir, tmp_path):
-  steps = 40
-  _run(_cmd(target_dir, tmp_path / "one", steps))
-  _run(_cmd(target_dir, tmp_path / "mesh", steps, "--config.run.mesh.data=2",
-            "--config.run.mesh.components=4"), devices=8)
-  a, b = _final(tmp_path / "one", steps), _final(tmp_path / "mesh", steps)
-  assert len(a) == len(b) > 8
-  for x, y in zip(a, b):
+MESH_STEPS = 40
+_MESH = ("--config.run.mesh.data=2", "--config.run.mesh.components=4")
+
+
+@pytest.fixture(scope="module")
+def one_device(target_dir, tmp_path_factory):
+  d = tmp_path_factory.mktemp("one") / "run"
+  run(_cmd(target_dir, d, MESH_STEPS))
+  return d
+
+
+def _assert_matches(got, want):
+  assert len(got) == len(want) > 8
+  for x, y in zip(want, got):
     np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-7)
-  with open(tmp_path / "mesh" / "checkpoints" / str(steps) / "default" / "_sharding") as f:
+
+
+def test_spd_on_a_2x4_mesh_of_8_devices_matches_one_device(target_dir, one_device, tmp_path):
+  run(_cmd(target_dir, tmp_path / "mesh", MESH_STEPS, *_MESH), devices=8)
+  _assert_matches(final(tmp_path / "mesh", MESH_STEPS), final(one_device, MESH_STEPS))
+  with open(tmp_path / "mesh" / "checkpoints" / str(MESH_STEPS) / "default" / "_sharding") as f:
     specs = [json.loads(v)["partition_spec"] for v in json.load(f).values()]
   assert sum(s == ["components"] for s in specs) >= 3 * 6   # U, V, 4 CI arrays per site
 
 
+def test_spd_two_processes_on_loopback_match_one_device(target_dir, one_device, tmp_path):
+  """2 processes x 4 devices on the 2x4 mesh (jax.distributed over loopback, gloo collectives):
+  the same state as one device; process 0 alone writes the log and the summary."""
+  multi = tmp_path / "multi"
+  wait(*two_processes(_cmd, target_dir, multi, MESH_STEPS, *_MESH))
+  _assert_matches(final(multi, MESH_STEPS), final(one_device, MESH_STEPS))
+  assert [r["step"] for r in _logged(multi)] == [20, 40]   # once per step: process 0's log
+  got, want = (json.loads((d / "summary.json").read_text()) for d in (multi, one_device))
+  assert got["non_negligible"] == want["non_negligible"]
+  for k in ("loss", "mmcs", "ml2r", "stochastic_recon"):
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-4, err_msg=k)
+
+
 def test_subcomponents_not_divisible_over_the_mesh_fail_by_name(tmp_path):
   r = subprocess.run(_cmd("unused", tmp_path / "x", 10, "--config.run.mesh.components=3"),
-                     capture_output=True, text=True, env=_env(8), cwd=ROOT)
+                     capture_output=True, text=True, env=env(8), cwd=ROOT)
   assert r.returncode != 0
   assert "invalid config field 'run.mesh.components': C=8 subcomponents do not divide" in r.stderr
