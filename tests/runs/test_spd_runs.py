@@ -1,6 +1,7 @@
 """SPD runs through scripts/decompose_spd.py: a killed run resumes bit-identical, a 2x4 mesh of 8
-simulated devices and two processes on loopback match one device, the summary reopens. Subprocesses: the device count is
-fixed when jax starts, and the runs are float32 (the tests run in x64)."""
+simulated devices and two processes on loopback match one device, the summary reopens.
+Subprocesses: the device count is fixed when jax starts, and the runs are float32 (the tests run
+in x64)."""
 import json
 import os
 import signal
