@@ -6,6 +6,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from paramdecomp.core.scan import map_chunks
+
 PyTree = Any
 
 
@@ -18,24 +20,7 @@ def per_sample_grads(fn: Callable[..., jax.Array], params: PyTree, *batch: jax.A
   under `lax.map`, so at most chunk_size × params gradients are live at once.
   """
   g = jax.vmap(jax.grad(fn), in_axes=(None,) + (0,) * len(batch))
-  return _in_chunks(lambda *xs: g(params, *xs), batch, chunk_size)
-
-
-def _in_chunks(f: Callable[..., PyTree], batch, chunk_size: int | None) -> PyTree:
-  """f(*batch) for an f batched over the leading axis, run chunk_size samples at a time under
-  `lax.map` (all at once without chunk_size)."""
-  b = batch[0].shape[0]
-  if chunk_size is None or chunk_size >= b:
-    return f(*batch)
-  if b % chunk_size:
-    raise ValueError(f"batch {b} is not a multiple of chunk_size {chunk_size}")
-  # chunk j holds samples j, j + n, j + 2n, ... (n chunks): a batch split over devices in
-  # contiguous blocks (a mesh's 'data' axis) then splits every chunk alike, so each device works
-  # on its share of every chunk instead of the scan running whole chunks on one device
-  n = b // chunk_size
-  chunked = [x.reshape((chunk_size, n) + x.shape[1:]).swapaxes(0, 1) for x in batch]
-  out = jax.lax.map(lambda xs: f(*xs), chunked)
-  return jax.tree.map(lambda y: y.swapaxes(0, 1).reshape((b,) + y.shape[2:]), out)
+  return map_chunks(lambda *xs: g(params, *xs), batch, chunk_size)
 
 
 def per_sample_grad_sq_norms(fn: Callable[..., jax.Array], params: PyTree, *batch: jax.Array,
@@ -49,7 +34,7 @@ def per_sample_grad_sq_norms(fn: Callable[..., jax.Array], params: PyTree, *batc
     g = per_sample_grads(fn, params, *xs)
     return sum(jnp.sum(leaf.reshape(leaf.shape[0], -1) ** 2, axis=1) for leaf in jax.tree.leaves(g))
 
-  return _in_chunks(sq, batch, chunk_size)
+  return map_chunks(sq, batch, chunk_size)
 
 
 def directional_derivatives(fn: Callable[[PyTree], jax.Array], primal: PyTree,

@@ -81,6 +81,23 @@ def _scan_sum(fn, chunk, args, data):
   return acc
 
 
+def map_chunks(f: Callable[..., PyTree], batch, chunk_size: int | None) -> PyTree:
+  """f(*batch) for an f batched over the leading axis, run chunk_size samples at a time under
+  `lax.map` (all at once without chunk_size)."""
+  b = batch[0].shape[0]
+  if chunk_size is None or chunk_size >= b:
+    return f(*batch)
+  if b % chunk_size:
+    raise ValueError(f"batch {b} is not a multiple of chunk_size {chunk_size}")
+  # chunk j holds samples j, j + n, j + 2n, ... (n chunks): a batch split over devices in
+  # contiguous blocks (a mesh's 'data' axis) then splits every chunk alike, so each device works
+  # on its share of every chunk instead of the scan running whole chunks on one device
+  n = b // chunk_size
+  chunked = [x.reshape((chunk_size, n) + x.shape[1:]).swapaxes(0, 1) for x in batch]
+  out = jax.lax.map(lambda xs: f(*xs), chunked)
+  return jax.tree.map(lambda y: y.swapaxes(0, 1).reshape((b,) + y.shape[2:]), out)
+
+
 def init_dtype(tree) -> jnp.dtype:
   """The dtype of the first floating leaf of `tree` (float32 when it has none)."""
   leaves = [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]

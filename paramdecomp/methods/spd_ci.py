@@ -22,6 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from paramdecomp.core.scan import map_chunks
+
 CI_FNS = ("mlp", "vector_mlp", "shared_mlp")
 GELUS = ("exact", "tanh")   # the reference's exact GELU, or the tanh approximation (faster on CPU)
 SIGMOIDS = ("paper", "head")
@@ -83,16 +85,34 @@ def _gelu(a, gelu: str):
   return jax.nn.gelu(a, approximate=(gelu == "tanh"))
 
 
+# Rows of h per chunk of the scalar MLPs: [rows, C, d_gate] hidden units of about 2^15 floats stay
+# in cache. Autodiff of the whole [N, C, d_gate] hidden layer keeps several such arrays in memory
+# and its backward runs 2-4x slower on CPU (docs/notes/spd_speed.md); rematerialising each chunk
+# in the backward trades one extra forward of the chunk (cheap elementwise work) for that.
+_CHUNK_FLOATS = 1 << 15
+
+
 def run_scalar(fn, h: jax.Array, gelu: str = "exact") -> jax.Array:
   """[*pos, C] logits of C scalar gates on inner activations h [*pos, C]."""
   if isinstance(fn, Affine):
     return h * fn.w + fn.b
-  # subcomponent-major [C, N, d]: on CPU twice as fast as [N, C, d] (the gradients' sums over
-  # the N positions then run as batched products over C)
-  flat = h.reshape(-1, h.shape[-1]).T                                            # [C, N]
-  hidden = _gelu(flat[:, :, None] * fn.w_in[:, None, :] + fn.b_in[:, None, :], gelu)  # [C,N,d]
-  z = jnp.einsum("cnd,cd->cn", hidden, fn.w_out) + fn.b_out[:, None]
-  return z.T.reshape(h.shape)
+  C, d = fn.w_in.shape
+  flat = h.reshape(-1, C)
+  n = flat.shape[0]
+  rows = max(1, _CHUNK_FLOATS // (C * d))
+  pad = -n % rows if n > rows else 0
+  if pad:   # zero rows, sliced off again: they get no gradient
+    flat = jnp.concatenate([flat, jnp.zeros((pad, C), flat.dtype)])
+  z = map_chunks(jax.checkpoint(lambda x: _scalar_mlp(fn, x, gelu)), [flat], rows)
+  return z[:n].reshape(h.shape)
+
+
+def _scalar_mlp(fn: ScalarMLP, h: jax.Array, gelu: str) -> jax.Array:
+  """[n, C] the C scalar MLPs on h [n, C], batched over subcomponents."""
+  # subcomponent-major [C, n, d]: on CPU twice as fast as [n, C, d] (the gradients' sums over
+  # the n positions then run as batched products over C)
+  hidden = _gelu(h.T[:, :, None] * fn.w_in[:, None, :] + fn.b_in[:, None, :], gelu)  # [C,n,d]
+  return (jnp.einsum("cnd,cd->cn", hidden, fn.w_out) + fn.b_out[:, None]).T
 
 
 def run_mlp(fn: MLP, a: jax.Array, gelu: str = "exact") -> jax.Array:

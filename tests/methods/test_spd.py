@@ -218,12 +218,15 @@ def test_tms_id_identity_from_any_rank_one_pieces_with_full_importance_reconstru
 
 # ---- CI functions against a loop over subcomponents -------------------------------------------
 
-def test_scalar_ci_mlps_match_a_loop_over_subcomponents():
+# (7, 211) positions are more rows than one chunk holds (2^15 // (C d) = 1365) and not a multiple
+# of it: the chunked, padded, rematerialised path
+@pytest.mark.parametrize("pos", [(3, 5), (7, 211)])
+def test_scalar_ci_mlps_match_a_loop_over_subcomponents(pos):
   C, d = 6, 4
   fn = spd_ci.init_scalar(jax.random.PRNGKey(0), C, d, jnp.float64)
   fn = fn._replace(b_in=jax.random.normal(jax.random.PRNGKey(1), (C, d)),
                    b_out=jax.random.normal(jax.random.PRNGKey(2), (C,)))
-  h = jax.random.normal(jax.random.PRNGKey(3), (3, 5, C))   # [B, T, C]
+  h = jax.random.normal(jax.random.PRNGKey(3), pos + (C,))   # [B, T, C]
   got = spd_ci.run_scalar(fn, h)
 
   @jax.jit
@@ -233,6 +236,14 @@ def test_scalar_ci_mlps_match_a_loop_over_subcomponents():
   for c in range(C):
     np.testing.assert_allclose(got[..., c], one(h[..., c], fn.w_in[c], fn.b_in[c], fn.w_out[c],
                                                 fn.b_out[c]), rtol=1e-12)
+  # gradients through the chunks (padding rows get none) against the loop's
+  u = jax.random.normal(jax.random.PRNGKey(5), h.shape)
+  g = jax.grad(lambda f, x: jnp.sum(u * spd_ci.run_scalar(f, x)), argnums=(0, 1))(fn, h)
+  g_loop = jax.grad(lambda f, x: sum(jnp.sum(u[..., c] * one(x[..., c], f.w_in[c], f.b_in[c],
+                                                             f.w_out[c], f.b_out[c]))
+                                     for c in range(C)), argnums=(0, 1))(fn, h)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_loop)):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
   aff = spd_ci.init_scalar(jax.random.PRNGKey(4), C, 0, jnp.float64)
   for c in range(C):
     np.testing.assert_allclose(spd_ci.run_scalar(aff, h)[..., c], aff.w[c] * h[..., c] + aff.b[c])
