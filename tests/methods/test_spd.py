@@ -220,25 +220,27 @@ def test_tms_id_identity_from_any_rank_one_pieces_with_full_importance_reconstru
 
 # (7, 211) positions are more rows than one chunk holds (2^15 // (C d) = 1365) and not a multiple
 # of it: the chunked, padded, rematerialised path
+# exact: the written backward; tanh: autodiff
 @pytest.mark.parametrize("pos", [(3, 5), (7, 211)])
-def test_scalar_ci_mlps_match_a_loop_over_subcomponents(pos):
+@pytest.mark.parametrize("gelu", ["exact", "tanh"])
+def test_scalar_ci_mlps_match_a_loop_over_subcomponents(pos, gelu):
   C, d = 6, 4
   fn = spd_ci.init_scalar(jax.random.PRNGKey(0), C, d, jnp.float64)
   fn = fn._replace(b_in=jax.random.normal(jax.random.PRNGKey(1), (C, d)),
                    b_out=jax.random.normal(jax.random.PRNGKey(2), (C,)))
   h = jax.random.normal(jax.random.PRNGKey(3), pos + (C,))   # [B, T, C]
-  got = spd_ci.run_scalar(fn, h)
+  got = spd_ci.run_scalar(fn, h, gelu)
 
   @jax.jit
   def one(hc, w_in, b_in, w_out, b_out):   # subcomponent c alone
-    return jax.nn.gelu(hc[..., None] * w_in + b_in, approximate=False) @ w_out + b_out
+    return jax.nn.gelu(hc[..., None] * w_in + b_in, approximate=gelu == "tanh") @ w_out + b_out
 
   for c in range(C):
     np.testing.assert_allclose(got[..., c], one(h[..., c], fn.w_in[c], fn.b_in[c], fn.w_out[c],
                                                 fn.b_out[c]), rtol=1e-12)
   # gradients through the chunks (padding rows get none) against the loop's
   u = jax.random.normal(jax.random.PRNGKey(5), h.shape)
-  g = jax.grad(lambda f, x: jnp.sum(u * spd_ci.run_scalar(f, x)), argnums=(0, 1))(fn, h)
+  g = jax.grad(lambda f, x: jnp.sum(u * spd_ci.run_scalar(f, x, gelu)), argnums=(0, 1))(fn, h)
   g_loop = jax.grad(lambda f, x: sum(jnp.sum(u[..., c] * one(x[..., c], f.w_in[c], f.b_in[c],
                                                              f.w_out[c], f.b_out[c]))
                                      for c in range(C)), argnums=(0, 1))(fn, h)
