@@ -10,7 +10,6 @@ of `repeats`, with the paper's config of each variant (TMS 5-2: C 20, batch 4096
 """
 from absl import app, flags
 import jax
-import ml_collections
 
 from paramdecomp.configs import resid_mlp as resid_mlp_configs
 from paramdecomp.configs import spd_resid_mlp, spd_tms

@@ -88,7 +88,7 @@ def compare(variant, seeds, root, spd_steps, apd_steps, read_spd_only=False) -> 
 
 
 def table(rows, variant) -> str:
-  out = [f"| method | seed | MMCS | ML2R | in use | negligible / unused | reconstruction | time (s) |",
+  out = ["| method | seed | MMCS | ML2R | in use | negligible / unused | reconstruction | time (s) |",
          "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     out.append(f"| {r['method']} | {r['seed']} | {r['mmcs']:.4f} | {r['ml2r']:.3f} | {r['used']} | "

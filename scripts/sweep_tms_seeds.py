@@ -10,7 +10,7 @@ from torch's default decoder bias (the paper's recipe) instead of zero.
 """
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 import numpy as np
 

@@ -15,7 +15,6 @@ import numpy as np
 from paramdecomp.core.metrics import mmcs_ml2r
 from paramdecomp.methods import spd
 from paramdecomp.runs import figures
-from paramdecomp.toy_models import resid_mlp
 
 
 def greedy_order(ci: np.ndarray) -> np.ndarray:

@@ -180,7 +180,7 @@ def test_init_makes_each_piece_the_projection_of_the_target_on_its_direction():
   st = spd.init(jax.random.PRNGKey(5), params, cfg, apply=tms.apply, x=jnp.zeros((2, 5)))
   for path, f in st.sub.items():
     w = params[path].reshape(f.U.shape[1], f.V.shape[1])
-    u, v = f.U[..., 0], f.V[..., 0]
+    v = f.V[..., 0]
     # W x contracts the input side V: the output side U carries the overlap, V is unit
     np.testing.assert_allclose(jnp.linalg.norm(v, axis=1), 1.0, rtol=1e-12)
     P = spd.subcomponents(st)[path]

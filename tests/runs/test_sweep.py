@@ -1,5 +1,4 @@
 """A vmapped seed sweep trains each seed's target as the runner does (cross-path agreement)."""
-import jax
 import numpy as np
 
 from paramdecomp.configs import tms as tms_configs
