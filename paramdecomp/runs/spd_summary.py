@@ -100,6 +100,11 @@ def resid_mlp_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
       out[f"{p_in}/distinct"] = int(len({int(np.argmax(r)) for r in ci[p_in]}))
     if p_out in ci:
       out[f"{p_out}/active_on_every_input"] = int((ci[p_out] > act).all(0).sum())
+    if p_out in ci and p_out in mats:
+      lay = params["layers"][i]
+      pre = c.analysis.one_hot * (np.asarray(lay["W_in"]) @ w_e).T          # [n, d_mlp]
+      out.update({f"{p_out}/{k}": v for k, v in
+                  w_out_neurons(ci[p_out] > act, np.asarray(mats[p_out]), pre).items()})
     if p_in in mats and p_out in mats:
       lay = params["layers"][i]
       w_in, w_out = np.asarray(lay["W_in"]), np.asarray(lay["W_out"])
@@ -127,6 +132,31 @@ def resid_mlp_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
           fig, os.path.join(out_dir, "neuron_contributions.png"),
           f"slope {out['contribution_slope']:.3f}")
   return out
+
+
+def w_out_neurons(active: np.ndarray, sub_out: np.ndarray, pre: np.ndarray) -> dict:
+  """How a ResidMLP layer's W_out subcomponents line up with its neurons on one-hot inputs.
+
+  active [n, C]: subcomponent c active on input e_f; sub_out [C, d_resid, d_mlp]: the
+  subcomponents' matrices; pre [n, d_mlp]: the target's neuron pre-activations on e_f (a neuron
+  fires where pre > 0). Each subcomponent's neuron is the column carrying most of its norm.
+  Returns the mean active subcomponents and firing neurons per input, the inputs on which the
+  active subcomponents' neurons are exactly the firing neurons, and how many of the
+  subcomponents active anywhere hold >= 90% of their squared norm in one neuron's column, and
+  how many distinct neurons those subcomponents map to."""
+  col = np.sum(sub_out ** 2, axis=1)                                          # [C, d_mlp]
+  neuron = np.argmax(col, axis=1)
+  share = col.max(1) / np.maximum(col.sum(1), 1e-30)
+  fires = pre > 0
+  match = sum(set(neuron[active[f]].tolist()) == set(np.flatnonzero(fires[f]).tolist())
+              for f in range(active.shape[0]))
+  used = active.any(0)
+  return {"active_per_input": float(active.sum(1).mean()),
+          "firing_neurons_per_input": float(fires.sum(1).mean()),
+          "inputs_active_equal_firing": int(match),
+          "single_neuron_subcomponents": int((used & (share >= 0.9)).sum()),
+          "subcomponents_active_somewhere": int(used.sum()),
+          "neurons_of_active_subcomponents": int(len(set(neuron[used].tolist())))}
 
 
 ANALYSES = {"tms": tms_analysis, "resid_mlp": resid_mlp_analysis}

@@ -1,0 +1,30 @@
+"""The ResidMLP W_out analysis against hand-built subcomponents (one per neuron, and mixed)."""
+import numpy as np
+
+from paramdecomp.runs.spd_summary import w_out_neurons
+
+
+def test_w_out_neurons_matches_active_subcomponents_to_firing_neurons():
+  rng = np.random.default_rng(0)
+  d_resid, d_mlp, C, n = 6, 3, 5, 4
+  sub = np.zeros((C, d_resid, d_mlp))
+  for c, j in enumerate([0, 1, 2]):   # subcomponents 0-2: neuron c's column alone
+    sub[c, :, j] = rng.normal(size=d_resid)
+  sub[3, :, 0] = 1.0                  # 3: mostly neuron 0 (share 0.8, under 0.9)
+  sub[3, :, 1] = 0.5
+  # 4 never active
+  pre = np.array([[1.0, -1.0, 2.0],   # input 0: neurons 0 and 2 fire
+                  [-1.0, 1.0, -1.0],  # input 1: neuron 1
+                  [1.0, 1.0, 1.0],    # input 2: all three
+                  [-1.0, -1.0, -1.0]])  # input 3: none
+  active = np.zeros((n, C), bool)
+  active[0, [0, 2]] = True            # exactly the firing neurons
+  active[1, [1, 3]] = True            # neuron 1 and (via 3) neuron 0: not equal
+  active[2, [0, 1, 2, 3]] = True      # {0, 1, 2}: equal (3 also maps to neuron 0)
+  out = w_out_neurons(active, sub, pre)   # input 3: nothing active, nothing fires: equal
+  assert out["inputs_active_equal_firing"] == 3
+  assert out["active_per_input"] == (2 + 2 + 4 + 0) / 4
+  assert out["firing_neurons_per_input"] == (2 + 1 + 3 + 0) / 4
+  assert out["subcomponents_active_somewhere"] == 4
+  assert out["single_neuron_subcomponents"] == 3
+  assert out["neurons_of_active_subcomponents"] == 3   # 3 maps to neuron 0, already counted
