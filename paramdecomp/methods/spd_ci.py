@@ -87,7 +87,12 @@ def _gelu(a, gelu: str):
   # the exact GELU as the reference's torch kernel writes it, a (1 + erf(a / sqrt 2)) / 2: on XLA
   # CPU about 3x faster than jax.nn.gelu's erfc form (docs/notes/spd_speed.md); the two differ
   # only below a ~ -5, where both are within float32 rounding of 0
-  return 0.5 * a * (1.0 + jax.lax.erf(a * (1.0 / math.sqrt(2.0))))
+  return a * _normal_cdf(a)
+
+
+def _normal_cdf(a):
+  """Φ(a) = (1 + erf(a / sqrt 2)) / 2."""
+  return 0.5 * (1.0 + jax.lax.erf(a * (1.0 / math.sqrt(2.0))))
 
 
 # Rows of h per chunk of the scalar MLPs: [rows, C, d_gate] hidden units of about 2^15 floats stay
@@ -118,10 +123,15 @@ def run_scalar(fn, h: jax.Array, gelu: str = "exact") -> jax.Array:
 
 def _scalar_mlp(fn: ScalarMLP, h: jax.Array, gelu: str) -> jax.Array:
   """[n, C] the C scalar MLPs on h [n, C], batched over subcomponents."""
+  hidden = _gelu(_pre(fn.w_in, fn.b_in, h), gelu)
+  return (jnp.einsum("cnd,cd->cn", hidden, fn.w_out) + fn.b_out[:, None]).T
+
+
+def _pre(w_in, b_in, h) -> jax.Array:
+  """[C, n, d] hidden pre-activations of the scalar MLPs on h [n, C]."""
   # subcomponent-major [C, n, d]: on CPU twice as fast as [n, C, d] (the gradients' sums over
   # the n positions then run as batched products over C)
-  hidden = _gelu(h.T[:, :, None] * fn.w_in[:, None, :] + fn.b_in[:, None, :], gelu)  # [C,n,d]
-  return (jnp.einsum("cnd,cd->cn", hidden, fn.w_out) + fn.b_out[:, None]).T
+  return h.T[:, :, None] * w_in[:, None, :] + b_in[:, None, :]
 
 
 # The exact-GELU scalar MLPs with a written backward: XLA CPU runs autodiff's backward of the
@@ -130,8 +140,7 @@ def _scalar_mlp(fn: ScalarMLP, h: jax.Array, gelu: str) -> jax.Array:
 # mode only (no jvp through the CI functions).
 @jax.custom_vjp
 def _scalar_mlp_exact(w_in, b_in, w_out, b_out, h):
-  t = h.T[:, :, None] * w_in[:, None, :] + b_in[:, None, :]                         # [C, n, d]
-  return (jnp.einsum("cnd,cd->cn", _gelu(t, "exact"), w_out) + b_out[:, None]).T
+  return _scalar_mlp(ScalarMLP(w_in, b_in, w_out, b_out), h, "exact")
 
 
 def _scalar_mlp_exact_fwd(w_in, b_in, w_out, b_out, h):
@@ -141,8 +150,8 @@ def _scalar_mlp_exact_fwd(w_in, b_in, w_out, b_out, h):
 def _scalar_mlp_exact_bwd(res, g):
   w_in, b_in, w_out, h = res
   hT, gT = h.T, g.T                                                                 # [C, n]
-  t = hT[:, :, None] * w_in[:, None, :] + b_in[:, None, :]
-  phi = 0.5 * (1.0 + jax.lax.erf(t * (1.0 / math.sqrt(2.0))))                      # Φ(t)
+  t = _pre(w_in, b_in, h)
+  phi = _normal_cdf(t)
   d_w_out = jnp.einsum("cn,cnd->cd", gT, t * phi)
   # d gelu / dt = Φ(t) + t φ(t)
   dt = gT[:, :, None] * w_out[:, None, :] * (

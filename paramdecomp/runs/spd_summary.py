@@ -93,6 +93,7 @@ def resid_mlp_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
   n = w_e.shape[1]
   for i in sorted(params["layers"], key=int):
     p_in, p_out = f"layers/{i}/W_in", f"layers/{i}/W_out"
+    w_in, w_out = np.asarray(params["layers"][i]["W_in"]), np.asarray(params["layers"][i]["W_out"])
     if p_in in ci:
       on = ci[p_in] > act                                            # [n, C]
       out[f"{p_in}/per_feature"] = [int(k) for k in on.sum(1)]
@@ -101,13 +102,10 @@ def resid_mlp_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
     if p_out in ci:
       out[f"{p_out}/active_on_every_input"] = int((ci[p_out] > act).all(0).sum())
     if p_out in ci and p_out in mats:
-      lay = params["layers"][i]
-      pre = c.analysis.one_hot * (np.asarray(lay["W_in"]) @ w_e).T          # [n, d_mlp]
+      pre = c.analysis.one_hot * (w_in @ w_e).T                       # [n, d_mlp]
       out.update({f"{p_out}/{k}": v for k, v in
                   w_out_neurons(ci[p_out] > act, np.asarray(mats[p_out]), pre).items()})
     if p_in in mats and p_out in mats:
-      lay = params["layers"][i]
-      w_in, w_out = np.asarray(lay["W_in"]), np.asarray(lay["W_out"])
       sub_in = np.asarray(mats[p_in])                                # [C, d_mlp, d_resid]
       full_out = np.asarray(mats[p_out]).sum(0)
       for f in range(n):
