@@ -40,3 +40,12 @@ def mmcs_ml2r(target: jnp.ndarray, comps: jnp.ndarray) -> tuple[jnp.ndarray, jnp
   best = jnp.argmax(cos, axis=0)                          # [n]
   cols = jnp.arange(target.shape[1])
   return cos.max(axis=0).mean(), (cn[best, cols] / tn).mean()
+
+
+def share_structure(target, comps, carry: float = 0.5, part: float = 0.2) -> dict:
+  """How the components share the target's columns. target [d, n] (columns W[:, j]), comps
+  [C, d, n]; r[c, j] = |comps[c, :, j]| / |W[:, j]|. `merged`: components with r >= `carry` on
+  two or more columns; `split`: columns with r >= `part` on two or more components."""
+  r = jnp.linalg.norm(comps, axis=1) / (jnp.linalg.norm(target, axis=0) + EPS)   # [C, n]
+  return {"merged": int(((r >= carry).sum(1) >= 2).sum()),
+          "split": int(((r >= part).sum(0) >= 2).sum())}

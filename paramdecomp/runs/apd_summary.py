@@ -11,10 +11,23 @@ import jax
 import numpy as np
 
 from paramdecomp.core import lowrank
-from paramdecomp.core.metrics import mmcs_ml2r
+from paramdecomp.core.metrics import mmcs_ml2r, share_structure
 from paramdecomp.methods import apd
 from paramdecomp.runs import figures, resid_mlp_apd
 from paramdecomp.toy_models import tms
+
+
+def tms_measures(w, comps, use) -> dict:
+  """MMCS / ML2R of components comps [C, d, n] against the TMS target's W [d, n] over all of
+  them (the paper's) and over those in use (`use` [C]: the share of samples selecting each, > 0),
+  and `share_structure`'s merged components and split features. A component never selected can
+  still hold a copy of W's columns at a few percent of their norm (the part of W the used ones
+  leave out, for faithfulness): it then wins the paper's argmax by cosine and its tiny norm sets
+  ML2R, which `ml2r_in_use` leaves out."""
+  mm, ml = mmcs_ml2r(w, comps)
+  mmu, mlu = mmcs_ml2r(w, comps[np.asarray(use) > 0])
+  return dict(mmcs=float(mm), ml2r=float(ml), mmcs_in_use=float(mmu), ml2r_in_use=float(mlu),
+              **share_structure(w, comps))
 
 
 def tms_analysis(c, params, state: apd.State, tcfg, key, out_dir) -> dict:
@@ -56,6 +69,8 @@ def summarize(c, plan, target, tcfg, raw, state: apd.State, key, out_dir) -> dic
   use = jax.jit(lambda cp, p, x: apd.component_use(apply, p, cp, x, mcfg))(state, params, x)
   out["component_use"] = [round(float(u), 5) for u in use]
   out["unused_components"] = int((use == 0).sum())
+  if target.kind == "tms":
+    out.update(tms_measures(params["W"], lowrank.components(state.factors["W"]), use))
   if target.kind in ANALYSES:
     out.update(ANALYSES[target.kind](c, params, state, tcfg, jax.random.fold_in(key, 3),
                                      out_dir))

@@ -11,9 +11,8 @@ import jax.numpy as jnp
 import optax
 
 from paramdecomp.core import lowrank, schedules, train
-from paramdecomp.core.metrics import mmcs_ml2r
 from paramdecomp.methods import apd
-from paramdecomp.runs import decompose_apd, targets
+from paramdecomp.runs import apd_summary, decompose_apd, targets
 from paramdecomp.toy_models import registry, tms
 
 
@@ -53,7 +52,8 @@ def tms_targets(c, seeds) -> dict:
 
 def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0) -> list[dict]:
   """APD (decomposition config `dcfg`, `decompose_apd`'s schema) on each stacked TMS target of
-  `params` [S, ...]; per seed: MMCS and ML2R of the components against W."""
+  `params` [S, ...]; per seed `apd_summary.tms_measures` (MMCS and ML2R, over all components
+  and over those in use on a fresh batch; merged components and split features)."""
   target = registry.of(tcfg.model)
   first = jax.tree.map(lambda a: a[0], params)
   apply, _ = target.decomposable(tcfg.model, first)
@@ -68,10 +68,12 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0) -> list[dict]
                apply=apply, x=x), opt, jax.random.fold_in(k, 1))
       for i, k in enumerate(keys)])
   states = run_steps(update, states, params, dcfg.optim.steps)
+  use_fn = jax.jit(lambda st, p, x: apd.component_use(apply, p, st, x, dcfg.apd))
+  x_eval = batch_fn(jax.random.PRNGKey(1))
   out = []
   for i, s in enumerate(seeds):
     p, st = jax.tree.map(lambda a: a[i], (params, states.params))
-    mm, ml = mmcs_ml2r(p["W"], lowrank.components(st.factors["W"]))
-    out.append({"seed": s, "mmcs": float(mm), "ml2r": float(ml),
-                "represented_features": int(tms.represented_features(p).sum())})
+    use = use_fn(st, p, x_eval)
+    out.append({"seed": s, "represented_features": int(tms.represented_features(p).sum()),
+                **apd_summary.tms_measures(p["W"], lowrank.components(st.factors["W"]), use)})
   return out
