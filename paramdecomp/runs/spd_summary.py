@@ -59,8 +59,14 @@ def one_hot_ci(apply, params, state, n_features: int, value: float, cfg) -> dict
 
 def counts(state, frac: float) -> dict:
   """{path: non-negligible subcomponents}: Frobenius norm above `frac` of the weight's largest."""
-  norms = spd.subcomponent_norms(state)
-  return {p: int(np.sum(np.asarray(n) > frac * float(np.max(n)))) for p, n in norms.items()}
+  return {p: int(np.sum(r > frac)) for p, r in norm_ratios(state).items()}
+
+
+def norm_ratios(state) -> dict:
+  """{path: [C] subcomponent Frobenius norms over the weight's largest, in falling order}: how
+  clear the non-negligible cut of `counts` is."""
+  norms = {p: np.sort(np.asarray(n))[::-1] for p, n in spd.subcomponent_norms(state).items()}
+  return {p: n / float(n[0]) for p, n in norms.items()}
 
 
 def tms_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
@@ -169,6 +175,9 @@ def summarize(c, plan, target, tcfg, raw, state: spd.State, key, out_dir) -> dic
       state, params, x, jax.random.fold_in(key, 3))
   out = {"loss": float(total), **{k: float(v) for k, v in metrics.items()}}
   out["non_negligible"] = counts(state, c.analysis.negligible)
+  # the cut's neighbourhood: the largest few norms past the kept ones, over the largest
+  out["norm_ratios"] = {p: [round(float(v), 4) for v in r[:out["non_negligible"][p] + 3]]
+                        for p, r in norm_ratios(state).items()}
   out["non_negligible_total"] = int(sum(out["non_negligible"].values()))
   ci = {}
   n_in = getattr(tcfg.model, "n_features", None) if target.kind in ANALYSES else None

@@ -28,3 +28,15 @@ def test_w_out_neurons_matches_active_subcomponents_to_firing_neurons():
   assert out["subcomponents_active_somewhere"] == 4
   assert out["single_neuron_subcomponents"] == 3
   assert out["neurons_of_active_subcomponents"] == 3   # 3 maps to neuron 0, already counted
+
+
+def test_norm_ratios_and_counts_of_hand_built_subcomponents():
+  from paramdecomp.core import lowrank
+  from paramdecomp.methods import spd
+  from paramdecomp.runs.spd_summary import counts, norm_ratios
+  # |u_c| |v_c| = 2, 0.5, 0.04, 1: ratios to the largest 1, 0.5, 0.25, 0.02 in falling order
+  U = np.array([2.0, 0.5, 0.04, 1.0])[:, None, None] * np.eye(3)[None, :, :1]
+  V = np.ones((4, 1, 1))
+  state = spd.State(sub={"W": lowrank.Factors(U=U, V=V)}, ci=None)
+  np.testing.assert_allclose(norm_ratios(state)["W"], [1.0, 0.5, 0.25, 0.02])
+  assert counts(state, 0.01) == {"W": 4} and counts(state, 0.3) == {"W": 2}
