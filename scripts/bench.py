@@ -1,6 +1,6 @@
 """Milliseconds per APD step on toy targets (the numbers in BENCHMARKS.md).
 
-  python scripts/bench.py [--variants=5-2,40-10] [--batch=2048] [--steps=200] [--repeats=5]
+  python scripts/bench.py [--variants=5-2-paper,40-10] [--batch=2048] [--steps=200] [--repeats=5]
   python scripts/bench.py --variants=resid_mlp:1-layer,resid_mlp:1-layer-rank1 --batch=256 \
       --steps=10 --repeats=3
 
@@ -22,8 +22,9 @@ from paramdecomp.methods import apd
 from paramdecomp.core import train
 from paramdecomp.toy_models import registry
 
-_VARIANTS = flags.DEFINE_list("variants", ["5-2", "40-10"],
-                              "TMS variants, or resid_mlp:<apd_resid_mlp.py variant>.")
+_VARIANTS = flags.DEFINE_list("variants", ["5-2-paper", "40-10"],
+                              "TMS variants (`apd_tms.py`; 5-2-paper: the C = 5 the references "
+                              "run), or resid_mlp:<apd_resid_mlp.py variant>.")
 _BATCH = flags.DEFINE_integer("batch", 2048, "Decomposition batch size.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Steps per dispatch.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed dispatches (best is reported).")
@@ -34,7 +35,7 @@ def configs(variant: str):
   if variant.startswith("resid_mlp:"):
     v = variant.split(":", 1)[1]
     return resid_mlp_configs.get_config(v.split("-rank")[0]), apd_resid_mlp.get_config(v)
-  return tms_configs.get_config(variant), apd_tms.get_config(variant)
+  return tms_configs.get_config(variant.removesuffix("-paper")), apd_tms.get_config(variant)
 
 
 def bench_apd(variant: str, batch: int, steps: int, repeats: int) -> float:

@@ -19,17 +19,18 @@ from paramdecomp.core.cli import setup_logging
 from paramdecomp.runs.decompose_apd import decompose
 from paramdecomp.runs.targets import train_target
 
-_VARIANT = flags.DEFINE_enum("variant", "5-2", ["5-2", "40-10"], "TMS variant.")
+_VARIANT = flags.DEFINE_enum("variant", "5-2", ["5-2", "5-2-paper", "40-10"],
+                             "APD variant (`apd_tms.py`; 5-2-paper: C = 5, no spare component).")
 _SEEDS = flags.DEFINE_list("seeds", ["1", "2", "3"], "Seeds.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root run directory.", required=True)
 _STEPS = flags.DEFINE_integer("steps", None, "Override the APD steps (paper: 20k).")
-PAPER = {"5-2": (0.998, 0.893), "40-10": (0.996, 0.935)}
+PAPER = {"5-2": (0.998, 0.893), "5-2-paper": (0.998, 0.893), "40-10": (0.996, 0.935)}
 
 
 def reproduce(variant: str, seeds, root: str, steps=None) -> list[dict]:
   rows = []
   for seed in seeds:
-    c = tms_configs.get_config(variant)
+    c = tms_configs.get_config(variant.removesuffix("-paper"))
     c.seed = seed
     tdir = os.path.join(root, f"target_seed{seed}")
     train_target(c, tdir)

@@ -20,14 +20,17 @@ def _reproduce(tmp_path, variant, seeds):
 
 
 @pytest.mark.slow
-def test_apd_tms_5_2_seeds(tmp_path):
-  """Seeds 1-4 train targets that represent all 5 features. Some decomposition seeds land in a
-  local optimum with two features merged into one component (results/apd_tms.md), so the bar is
-  3 of 4 seeds at the paper's figures."""
-  rows = _reproduce(tmp_path, "5-2", "1,2,3,4")
+def test_apd_tms_5_2_ten_seeds(tmp_path):
+  """Issue 13's bar: MMCS >= 0.99 on at least 9 of 10 seeds (targets and decompositions 0-9, one
+  vmapped sweep with the runner's keys). The default's spare component (C = 6) is what gets
+  there: with the paper's C = 5 it is about 6 of 10 (results/apd_tms.md)."""
+  out = tmp_path / "rows.json"
+  subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sweep_tms_seeds.py"),
+                  "--seeds=10", f"--config={os.path.join(ROOT, 'paramdecomp', 'configs', 'apd_tms.py')}:5-2",
+                  f"--out={out}"], check=True, cwd=ROOT)
+  rows = json.loads(out.read_text())
   assert all(r["represented_features"] == 5 for r in rows)
-  good = [r for r in rows if r["mmcs"] >= 0.99 and 0.85 <= r["ml2r"] <= 1.05]
-  assert len(good) >= 3, rows
+  assert sum(r["mmcs"] >= 0.99 and r["merged"] == 0 for r in rows) >= 9, rows
 
 
 @pytest.mark.slow

@@ -90,10 +90,10 @@ def test_scripts_give_one_line_errors(target_dir, tmp_path):
   assert not os.path.exists(tmp_path / "typo")
   w = str(tmp_path / "run")
   assert run(f"--workdir={w}").returncode == 0
-  wrong = run(f"--workdir={w}", "--config.apd.C=6", "--resume")
+  wrong = run(f"--workdir={w}", "--config.apd.C=7", "--resume")
   assert wrong.returncode == 1
   last = wrong.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: invalid config field 'apd.C': is 6 here"), wrong.stderr
+  assert last.startswith("error: invalid config field 'apd.C': is 7 here"), wrong.stderr
   assert "Traceback" not in wrong.stderr
 
 
