@@ -25,8 +25,9 @@ def test_apd_tms_5_2_ten_seeds(tmp_path):
   vmapped sweep with the runner's keys). The default's spare component (C = 6) is what gets
   there: with the paper's C = 5 it is about 6 of 10 (results/apd_tms.md)."""
   out = tmp_path / "rows.json"
+  config = os.path.join(ROOT, "paramdecomp", "configs", "apd_tms.py")
   subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sweep_tms_seeds.py"),
-                  "--seeds=10", f"--config={os.path.join(ROOT, 'paramdecomp', 'configs', 'apd_tms.py')}:5-2",
+                  "--seeds=10", f"--config={config}:5-2",
                   f"--out={out}"], check=True, cwd=ROOT)
   rows = json.loads(out.read_text())
   assert all(r["represented_features"] == 5 for r in rows)
