@@ -30,23 +30,25 @@ def tms_measures(w, comps, use) -> dict:
               **share_structure(w, comps))
 
 
-def tms_analysis(c, params, state: apd.State, tcfg, key, out_dir) -> dict:
-  """MMCS / ML2R of the components against W (§1.8) and, for 2-d hidden spaces, the arrows."""
+def tms_analysis(c, params, state: apd.State, tcfg, use, key, out_dir) -> dict:
+  """`tms_measures` of the components against W (§1.8) and, for 2-d hidden spaces, the
+  arrows."""
   del c, key
   w = params["W"]
   mats = lowrank.components(state.factors["W"])
-  mmcs, ml2r = mmcs_ml2r(w, mats)
-  out = dict(mmcs=float(mmcs), ml2r=float(ml2r),
+  out = dict(tms_measures(w, mats, use),
              represented_features=int(tms.represented_features(params).sum()),
              n_features=int(tcfg.model.n_features))
   if w.shape[0] == 2 and jax.process_index() == 0:
     out["figure"] = figures.tms_arrows(
         np.asarray(w), np.asarray(mats), os.path.join(out_dir, "tms_components.png"),
-        title=f"APD on TMS {w.shape[1]}-{w.shape[0]}: MMCS {mmcs:.3f}, ML2R {ml2r:.3f}")
+        title=f"APD on TMS {w.shape[1]}-{w.shape[0]}: MMCS {out['mmcs']:.3f}, "
+              f"ML2R {out['ml2r']:.3f}")
   return out
 
 
-def resid_mlp_analysis(c, params, state: apd.State, tcfg, key, out_dir) -> dict:
+def resid_mlp_analysis(c, params, state: apd.State, tcfg, use, key, out_dir) -> dict:
+  del use
   a = c.analysis
   return resid_mlp_apd.analyse(params, state, c.apd, tcfg, key, out_dir, a.n_samples,
                                a.batch_size, a.cutoff)
@@ -69,10 +71,8 @@ def summarize(c, plan, target, tcfg, raw, state: apd.State, key, out_dir) -> dic
   use = jax.jit(lambda cp, p, x: apd.component_use(apply, p, cp, x, mcfg))(state, params, x)
   out["component_use"] = [round(float(u), 5) for u in use]
   out["unused_components"] = int((use == 0).sum())
-  if target.kind == "tms":
-    out.update(tms_measures(params["W"], lowrank.components(state.factors["W"]), use))
   if target.kind in ANALYSES:
-    out.update(ANALYSES[target.kind](c, params, state, tcfg, jax.random.fold_in(key, 3),
+    out.update(ANALYSES[target.kind](c, params, state, tcfg, use, jax.random.fold_in(key, 3),
                                      out_dir))
   logging.info("summary: %s", json.dumps(out))
   return out

@@ -64,12 +64,11 @@ def test_mmcs_ml2r_oracles():
 def test_share_structure_counts_merged_components_and_split_features():
   rng = np.random.default_rng(0)
   target = rng.normal(size=(2, 4))                      # four feature columns
-  cols = lambda c: np.zeros((2, 4)) if c is None else c
   one = lambda j, scale=1.0: np.where(np.arange(4) == j, target * scale, 0.0)
   # component 0 carries features 0 and 1 (merged); feature 2 is split 0.6 / 0.4 over components
   # 1 and 2; feature 3 has component 3 alone, with a 0.1 remnant on component 4 (not a split)
   comps = np.stack([one(0) + one(1), one(2, 0.6), one(2, 0.4), one(3, 0.9), one(3, 0.1),
-                    cols(None)])
+                    np.zeros((2, 4))])
   assert share_structure(target, comps) == {"merged": 1, "split": 1}
   clean = np.stack([one(j) for j in range(4)])
   assert share_structure(target, clean) == {"merged": 0, "split": 0}

@@ -1,7 +1,10 @@
-"""The ResidMLP W_out analysis against hand-built subcomponents (one per neuron, and mixed)."""
+"""SPD summary pieces against hand-built subcomponents: the ResidMLP W_out analysis (one per
+neuron, and mixed) and the norm ratios behind the non-negligible counts."""
 import numpy as np
 
-from paramdecomp.runs.spd_summary import w_out_neurons
+from paramdecomp.core import lowrank
+from paramdecomp.methods import spd
+from paramdecomp.runs.spd_summary import counts, norm_ratios, w_out_neurons
 
 
 def test_w_out_neurons_matches_active_subcomponents_to_firing_neurons():
@@ -31,9 +34,6 @@ def test_w_out_neurons_matches_active_subcomponents_to_firing_neurons():
 
 
 def test_norm_ratios_and_counts_of_hand_built_subcomponents():
-  from paramdecomp.core import lowrank
-  from paramdecomp.methods import spd
-  from paramdecomp.runs.spd_summary import counts, norm_ratios
   # |u_c| |v_c| = 2, 0.5, 0.04, 1: ratios to the largest 1, 0.5, 0.25, 0.02 in falling order
   U = np.array([2.0, 0.5, 0.04, 1.0])[:, None, None] * np.eye(3)[None, :, :1]
   V = np.ones((4, 1, 1))

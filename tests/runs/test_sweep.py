@@ -16,5 +16,3 @@ def test_sweep_targets_match_train_target_seed_by_seed(tmp_path):
       np.testing.assert_allclose(stacked[k][i], one[k], rtol=1e-5, atol=1e-6)
   # different seeds, different targets
   assert not np.allclose(stacked["W"][0], stacked["W"][1])
-
-
