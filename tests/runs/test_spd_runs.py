@@ -102,6 +102,9 @@ def test_spd_on_a_2x4_mesh_of_8_devices_matches_one_device(target_dir, one_devic
   assert sum(s == ["components"] for s in specs) >= 3 * 6   # U, V, 4 CI arrays per site
 
 
+# slow: the two-process path is the runner's, checked in the default suite by the APD run
+# (tests/runs/test_sharding.py); SPD's own partition rules by the 8-device mesh above
+@pytest.mark.slow
 def test_spd_two_processes_on_loopback_match_one_device(target_dir, one_device, tmp_path):
   """2 processes x 4 devices on the 2x4 mesh (jax.distributed over loopback, gloo collectives):
   the same state as one device; process 0 alone writes the log and the summary."""
