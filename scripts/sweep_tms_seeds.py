@@ -22,6 +22,8 @@ _TARGET = config_flags.DEFINE_config_file("target", "paramdecomp/configs/tms.py:
 _SEEDS = flags.DEFINE_integer("seeds", 10, "Seeds 0..n-1.")
 _OFFSET = flags.DEFINE_integer("seed_offset", 0, "Added to the decomposition seeds.")
 _OUT = flags.DEFINE_string("out", None, "Write the rows as JSON here.")
+_SAVE = flags.DEFINE_string("save", None, "With --config: write the targets' W, the components "
+                            "and their use to this .npz file.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "APD config (optional).")
 
 
@@ -34,7 +36,7 @@ def main(argv):
   rows = [{"seed": s, "represented_features": r} for s, r in zip(seeds, rep)]
   n = tc.model.n_features
   if _CONFIG.value is not None:
-    rows = sweep.apd_tms(tc, _CONFIG.value, params, seeds, _OFFSET.value)
+    rows = sweep.apd_tms(tc, _CONFIG.value, params, seeds, _OFFSET.value, _SAVE.value)
   print(f"TMS {n}-{tc.model.n_hidden}: every feature represented on "
         f"{sum(r['represented_features'] == n for r in rows)} of {len(rows)} seeds")
   for r in rows:

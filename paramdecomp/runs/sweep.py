@@ -8,6 +8,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from paramdecomp.core import lowrank, schedules, train
@@ -50,10 +51,13 @@ def tms_targets(c, seeds) -> dict:
   return run_steps(update, states, stack([{} for _ in seeds]), c.optim.steps).params
 
 
-def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0) -> list[dict]:
+def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
+            save: str | None = None) -> list[dict]:
   """APD (decomposition config `dcfg`, `decompose_apd`'s schema) on each stacked TMS target of
   `params` [S, ...]; per seed `apd_summary.tms_measures` (MMCS and ML2R, over all components
-  and over those in use on a fresh batch; merged components and split features)."""
+  and over those in use on a fresh batch; merged components and split features). With `save`,
+  also writes the targets' W [S, d, n], the components [S, C, d, n] and their use [S, C] to that
+  .npz file, for inspecting a run after the fact."""
   target = registry.of(tcfg.model)
   first = jax.tree.map(lambda a: a[0], params)
   apply, _ = target.decomposable(tcfg.model, first)
@@ -70,10 +74,15 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0) -> list[dict]
   states = run_steps(update, states, params, dcfg.optim.steps)
   use_fn = jax.jit(lambda st, p, x: apd.component_use(apply, p, st, x, dcfg.apd))
   x_eval = batch_fn(jax.random.PRNGKey(1))
-  out = []
+  out, kept = [], []
   for i, s in enumerate(seeds):
     p, st = jax.tree.map(lambda a: a[i], (params, states.params))
     use = use_fn(st, p, x_eval)
+    comps = lowrank.components(st.factors["W"])
+    kept.append((p["W"], comps, use))
     out.append({"seed": s, "represented_features": int(tms.represented_features(p).sum()),
-                **apd_summary.tms_measures(p["W"], lowrank.components(st.factors["W"]), use)})
+                **apd_summary.tms_measures(p["W"], comps, use)})
+  if save:
+    w, comps, use = (np.stack([np.asarray(k[j]) for k in kept]) for j in range(3))
+    np.savez(save, W=w, components=comps, use=use, seeds=np.asarray(seeds))
   return out
