@@ -21,6 +21,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+# Under `make test` (pytest-xdist, one worker per core) each worker and each subprocess it starts
+# runs XLA on one thread: by default every process spreads its ops over all cores, and the
+# workers then contend so badly that two of them on two cores take as long as one process alone.
+if os.environ.get("PYTEST_XDIST_WORKER") and "intra_op_parallelism_threads" not in os.environ.get(
+    "XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                             " intra_op_parallelism_threads=1").strip()
+
 import jax  # noqa: E402  (after the environment it reads)
 
 jax.config.update("jax_enable_x64", True)
