@@ -21,13 +21,17 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-# Under `make test` (pytest-xdist, one worker per core) each worker and each subprocess it starts
-# runs XLA on one thread: by default every process spreads its ops over all cores, and the
-# workers then contend so badly that two of them on two cores take as long as one process alone.
-if os.environ.get("PYTEST_XDIST_WORKER") and "intra_op_parallelism_threads" not in os.environ.get(
-    "XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-                             " intra_op_parallelism_threads=1").strip()
+# Under `make test` (pytest-xdist, one worker per core) each worker, and every script it starts,
+# is pinned to its own core. XLA sizes its thread pool by the cores it may use, so two workers
+# left unpinned each spread every op over both cores and contend. (XLA_FLAGS is no lever here:
+# `--xla_cpu_multi_thread_eigen=false` leaves the CPU runtime's matmuls multi-threaded, and XLA
+# stops reading XLA_FLAGS at the first word without `--`, such as the folklore
+# `intra_op_parallelism_threads=1`, so a device-count flag after it is silently dropped.)
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _worker.startswith("gw") and hasattr(os, "sched_setaffinity"):
+  _cores = sorted(os.sched_getaffinity(0))
+  if len(_cores) > 1:
+    os.sched_setaffinity(0, {_cores[int(_worker[2:]) % len(_cores)]})
 
 import jax  # noqa: E402  (after the environment it reads)
 

@@ -13,10 +13,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def env(devices: int = 1) -> dict:
-  """The test's environment with `devices` simulated CPU devices (other XLA flags kept)."""
+  """The test's environment with `devices` simulated CPU devices (other XLA flags kept).
+
+  The device count goes first: XLA stops reading XLA_FLAGS at the first word without `--`."""
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
-  flags.append(f"--xla_force_host_platform_device_count={devices}")
+  flags.insert(0, f"--xla_force_host_platform_device_count={devices}")
   return dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
 
 
