@@ -1,8 +1,7 @@
 """L3D benchmarks (BENCHMARKS.md): time and memory of the two computation paths, and the cases
 behind `l3d.choose_path`'s rule.
 
-  taskset -c 1 env XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
-      python scripts/bench_l3d.py --sections=rule [--repeats=5] [--models=...] [--batches=...]
+  taskset -c 1 python scripts/bench_l3d.py --sections=rule [--repeats=5] [--models=...] [--batches=...]
 
 epoch: seconds per epoch (1000 samples, batch 32 = 31 Adam steps, scanned as one dispatch) of the
   TM1 and TM4 decompositions with the paper's settings, per path; best of `repeats` after a

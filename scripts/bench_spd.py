@@ -1,7 +1,6 @@
 """Milliseconds per SPD step on toy targets (the numbers in BENCHMARKS.md).
 
-  taskset -c 1 env XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
-      python scripts/bench_spd.py --variants=tms:5-2,resid_mlp:1-layer
+  taskset -c 1 python scripts/bench_spd.py --variants=tms:5-2,resid_mlp:1-layer
 
 Times the compiled, scanned training step (`steps` per dispatch) after a warm-up dispatch, best
 of `repeats`, with the paper's config of each variant (TMS 5-2: C 20, batch 4096; ResidMLP

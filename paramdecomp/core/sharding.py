@@ -1,6 +1,7 @@
 """Meshes and shardings: a 'data' axis for the batch, a 'components' axis for components."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -41,8 +42,22 @@ def make_mesh(data: int = 1, components: int = 1) -> Mesh:
   devices = jax.devices()
   if n > len(devices):
     raise ConfigError("run.mesh", f"needs {n} devices ({data} data × {components} components), "
-                      f"only {len(devices)} are visible")
+                      f"only {len(devices)} are visible{_xla_flags_hint()}")
   return Mesh(np.asarray(devices[:n]).reshape(data, components), AXES)
+
+
+def _xla_flags_hint(flags: str | None = None) -> str:
+  """Why a simulated device count may not have taken: XLA stops reading XLA_FLAGS at the first
+  word without '--' (e.g. 'intra_op_parallelism_threads=1'), dropping every flag after it."""
+  words = (os.environ.get("XLA_FLAGS", "") if flags is None else flags).split()
+  for i, w in enumerate(words):
+    if not w.startswith("--"):
+      later = [v for v in words[i + 1:] if v.startswith("--xla_force_host_platform_device_count")]
+      if later:
+        return (f"; XLA_FLAGS has {w!r} before {later[0]!r}, and XLA reads no flag after a word "
+                "without '--': put the device count first")
+      return ""
+  return ""
 
 
 def shard_state(mesh: Mesh, tree: Any, components: tuple[type, ...]) -> Any:

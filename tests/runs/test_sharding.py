@@ -78,6 +78,19 @@ def test_components_not_divisible_over_the_mesh_fail_by_name(tmp_path):
   assert "invalid config field 'run.mesh.components': C=8 components do not divide" in r.stderr
 
 
+def test_a_device_count_that_xla_dropped_is_named_in_the_mesh_error():
+  """XLA reads no XLA_FLAGS word after one without '--': with 'intra_op_parallelism_threads=1'
+  before it, 8 simulated devices silently become 1, and the mesh error says why."""
+  e = dict(env(8), XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1 "
+           "--xla_force_host_platform_device_count=8")
+  code = "from paramdecomp.core import sharding; sharding.make_mesh(2, 4)"
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, cwd=ROOT)
+  assert "only 1 are visible; XLA_FLAGS has 'intra_op_parallelism_threads=1' before" in r.stderr
+  e["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 intra_op_parallelism_threads=1"
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-2000:]
+
+
 _SPLIT_WORK = """
 import jax, jax.numpy as jnp
 from paramdecomp.core import grads, sharding
