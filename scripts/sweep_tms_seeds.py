@@ -4,13 +4,17 @@
   python scripts/sweep_tms_seeds.py --target=5-2 --seeds=10                     # targets only
   python scripts/sweep_tms_seeds.py --target=5-2 --seeds=10 \\
       --config=paramdecomp/configs/apd_tms.py:5-2 [--config.apd.exact_topk=True]
+  python scripts/sweep_tms_seeds.py --target=10-4 --seeds=3 \\
+      --config=paramdecomp/configs/apd_tms.py:10-4 --merge_costs=45              # no training
 Prints, per seed, the features the target represents and (with --config) MMCS / ML2R; seed s
-trains target s and decomposes it with key s + --seed_offset. --paper_bias trains the targets
+trains target s and decomposes it with key s + --seed_offset. With --merge_costs=K it decomposes
+nothing: it prints APD's loss at each target's ground-truth decomposition and how much it rises
+when two features share a component, for K feature pairs. --paper_bias trains the targets
 from torch's default decoder bias (the paper's recipe) instead of zero.
 """
 import json
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 import numpy as np
 
@@ -24,6 +28,9 @@ _OFFSET = flags.DEFINE_integer("seed_offset", 0, "Added to the decomposition see
 _OUT = flags.DEFINE_string("out", None, "Write the rows as JSON here.")
 _SAVE = flags.DEFINE_string("save", None, "With --config: write the targets' W, the components "
                             "and their use to this .npz file.")
+_MERGE = flags.DEFINE_integer("merge_costs", 0, "With --config: instead of decomposing, APD's "
+                              "loss at the ground truth and with each of this many feature pairs "
+                              "merged into one component.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "APD config (optional).")
 
 
@@ -35,6 +42,11 @@ def main(argv):
   rep = [int(v) for v in (np.linalg.norm(np.asarray(params["W"]), axis=1) >= 0.5).sum(1)]
   rows = [{"seed": s, "represented_features": r} for s, r in zip(seeds, rep)]
   n = tc.model.n_features
+  if _MERGE.value:
+    if _CONFIG.value is None:
+      raise app.UsageError("--merge_costs needs --config (the APD config whose loss to use)")
+    return _print_merge_costs(sweep.apd_tms_merge_costs(tc, _CONFIG.value, params, seeds,
+                                                        _MERGE.value), rep, n)
   if _CONFIG.value is not None:
     rows = sweep.apd_tms(tc, _CONFIG.value, params, seeds, _OFFSET.value, _SAVE.value)
   print(f"TMS {n}-{tc.model.n_hidden}: every feature represented on "
@@ -44,6 +56,23 @@ def main(argv):
   if _CONFIG.value is not None:
     mm = np.array([r["mmcs"] for r in rows])
     print(f"MMCS >= 0.99 on {(mm >= 0.99).sum()} of {len(mm)}, >= 0.98 on {(mm >= 0.98).sum()}")
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump(rows, f, indent=2)
+
+
+def _print_merge_costs(rows, represented, n):
+  for r, k in zip(rows, represented):
+    gt, d = r["ground_truth"], r["pairs"]
+    tot = np.array([p["delta_total"] for p in d])
+    worst = d[int(np.argmin(tot))]
+    print(f"seed {r['seed']} ({k} of {n} features represented): ground truth total "
+          f"{gt['total']:.5f} (minimality {gt['minimality']:.5f}, simplicity "
+          f"{gt['simplicity']:.5f}); merged pairs lower than it: {(tot < 0).sum()} of {len(d)}; "
+          f"rise of the total min {tot.min():+.5f} (pair {worst['pair']}, cos "
+          f"{worst['cos']:+.2f}) median {np.median(tot):+.5f} max {tot.max():+.5f}; median rise "
+          f"of minimality {np.median([p['delta_minimality'] for p in d]):+.6f}, simplicity "
+          f"{np.median([p['delta_simplicity'] for p in d]):+.5f}")
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       json.dump(rows, f, indent=2)

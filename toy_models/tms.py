@@ -11,6 +11,9 @@ import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+
+from paramdecomp.core.lowrank import Factors
 
 FROZEN = ("hidden",)
 
@@ -69,3 +72,28 @@ def apply_untied(params: dict, x: jax.Array) -> jax.Array:
   """ReLU(W_out W_in x + b): [..., n_features] -> [..., n_features]."""
   chex.assert_axis_dimension(x, -1, params["W_in"].shape[1])
   return jax.nn.relu(x @ params["W_in"].T @ params["W_out"].T + params["b"])
+
+
+def ground_truth_factors(w, C: int, m: int, merge: tuple[int, int] | None = None) -> Factors:
+  """The ground-truth APD decomposition of a TMS W [n_hidden, n_features] as C rank-m components
+  (U [C, n_hidden, m], V [C, n_features, m]): component i < n_features is W[:, i] e_i^T (feature
+  i's column alone, in its first rank slot), the rest are zero. With ``merge=(a, b)`` component
+  a holds features a and b together, in SVD form (u_k sigma_k, v_k: the factorisation of least
+  Schatten penalty), and component b is empty: the merged local optimum APD runs land in."""
+  dtype = jnp.asarray(w).dtype
+  w = np.asarray(w, np.float64)
+  h, n = w.shape
+  if C < n or m < (2 if merge else 1):
+    raise ValueError(f"{C} components of rank {m} cannot hold the {n} features"
+                     + (" with two in one (needs m >= 2)" if merge else ""))
+  U, V = np.zeros((C, h, m)), np.zeros((C, n, m))
+  for i in range(n):
+    U[i, :, 0], V[i, i, 0] = w[:, i], 1.0
+  if merge is not None:
+    a, b = merge
+    both = np.zeros((h, n))
+    both[:, [a, b]] = w[:, [a, b]]
+    u, sv, vt = np.linalg.svd(both)
+    U[[a, b]], V[[a, b]] = 0.0, 0.0
+    U[a, :, :2], V[a, :, :2] = u[:, :2] * sv[:2], vt[:2].T
+  return Factors(jnp.asarray(U, dtype), jnp.asarray(V, dtype))

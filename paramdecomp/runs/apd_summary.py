@@ -3,11 +3,13 @@ of the target's kind (TMS: MMCS / ML2R and the arrow figure; ResidMLP: the paper
 `resid_mlp_apd`)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 
 from absl import logging
 import jax
+import ml_collections
 import numpy as np
 
 from paramdecomp.core import lowrank
@@ -28,6 +30,42 @@ def tms_measures(w, comps, use) -> dict:
   mmu, mlu = mmcs_ml2r(w, comps[np.asarray(use) > 0])
   return dict(mmcs=float(mm), ml2r=float(ml), mmcs_in_use=float(mmu), ml2r_in_use=float(mlu),
               **share_structure(w, comps))
+
+
+def loss_terms(apply, params, cfg, xs, factors: dict) -> dict:
+  """APD's loss terms (cfg: the `apd` config) and their weighted total for the components
+  `factors` {path: Factors}, averaged over the batches `xs`."""
+  frozen = ml_collections.FrozenConfigDict(cfg)   # hashable: one compilation per config
+  ms = [_terms(apd.State(factors), params, x, apply, frozen) for x in xs]
+  out = {k: float(np.mean([float(m[k]) for m in ms]))
+         for k in ("faithfulness", "minimality", "simplicity")}
+  return dict(out, total=cfg.faithfulness_coeff * out["faithfulness"]
+              + cfg.minimality_coeff * out["minimality"] + cfg.simplicity_coeff * out["simplicity"])
+
+
+@functools.partial(jax.jit, static_argnames=("apply", "cfg"))
+def _terms(state, params, x, apply, cfg):
+  return apd.loss(state, params, x, None, apply=apply, cfg=cfg)[1]
+
+
+def merge_costs(apply, params, cfg, xs, pairs) -> dict:
+  """`loss_terms` at the ground-truth decomposition of a TMS target
+  (`tms.ground_truth_factors`) and, for each feature pair (a, b) in `pairs`, how much each term
+  rises when a and b share one component (the other empty): the loss's own verdict on the merged
+  runs. The batches `xs` are the same for every candidate, so the differences are paired.
+  Returns {'ground_truth': {term: value}, 'pairs': [{'pair', 'cos', 'delta_total',
+  'delta_minimality', 'delta_simplicity'}]}."""
+  at = lambda merge: loss_terms(
+      apply, params, cfg, xs, {"W": tms.ground_truth_factors(params["W"], cfg.C, cfg.m, merge)})
+  base, w = at(None), np.asarray(params["W"])
+  rows = []
+  for a, b in pairs:
+    t = at((a, b))
+    cos = w[:, a] @ w[:, b] / (np.linalg.norm(w[:, a]) * np.linalg.norm(w[:, b]))
+    rows.append(dict(pair=(int(a), int(b)), cos=float(cos),
+                     **{f"delta_{k}": t[k] - base[k] for k in ("total", "minimality",
+                                                               "simplicity")}))
+  return {"ground_truth": base, "pairs": rows}
 
 
 def tms_analysis(c, params, state: apd.State, tcfg, use, key, out_dir) -> dict:

@@ -86,3 +86,24 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
     w, comps, use = (np.stack([np.asarray(k[j]) for k in kept]) for j in range(3))
     np.savez(save, W=w, components=comps, use=use, seeds=np.asarray(seeds))
   return out
+
+
+def apd_tms_merge_costs(tcfg, dcfg, params: dict, seeds, n_pairs: int,
+                        n_batches: int = 20) -> list[dict]:
+  """`apd_summary.merge_costs` on each stacked TMS target of `params` [S, ...] with the APD config
+  `dcfg`: per seed, the ground truth's loss terms and the rise of each for `n_pairs` feature
+  pairs (all pairs if there are fewer; else drawn without replacement, the same for every
+  seed), over `n_batches` training batches of dcfg.batch_size."""
+  target = registry.of(tcfg.model)
+  first = jax.tree.map(lambda a: a[0], params)
+  apply, _ = target.decomposable(tcfg.model, first)
+  xs = [target.batch(jax.random.PRNGKey(1000 + i), tcfg, dcfg.batch_size)
+        for i in range(n_batches)]
+  n = tcfg.model.n_features
+  pairs = [(a, b) for a in range(n) for b in range(a + 1, n)]
+  if len(pairs) > n_pairs:
+    pick = np.random.default_rng(0).choice(len(pairs), n_pairs, replace=False)
+    pairs = [pairs[i] for i in sorted(pick)]
+  return [dict(seed=s, **apd_summary.merge_costs(apply, jax.tree.map(lambda a: a[i], params),
+                                                  dcfg.apd, xs, pairs))
+          for i, s in enumerate(seeds)]
