@@ -7,7 +7,8 @@
   python scripts/sweep_tms_seeds.py --target=10-4 --seeds=3 \\
       --config=paramdecomp/configs/apd_tms.py:10-4 --merge_costs=45              # no training
 Prints, per seed, the features the target represents and (with --config) MMCS / ML2R; seed s
-trains target s and decomposes it with key s + --seed_offset. With --merge_costs=K it decomposes
+trains target s and decomposes it with key s + --seed_offset, and gives the final loss terms;
+--from_ground_truth starts the decompositions at the targets' ground truth instead. With --merge_costs=K it decomposes
 nothing: it prints APD's loss at each target's ground-truth decomposition and how much it rises
 when two features share a component, for K feature pairs. --paper_bias trains the targets
 from torch's default decoder bias (the paper's recipe) instead of zero.
@@ -31,6 +32,8 @@ _SAVE = flags.DEFINE_string("save", None, "With --config: write the targets' W, 
 _MERGE = flags.DEFINE_integer("merge_costs", 0, "With --config: instead of decomposing, APD's "
                               "loss at the ground truth and with each of this many feature pairs "
                               "merged into one component.")
+_FROM_GT = flags.DEFINE_bool("from_ground_truth", False, "With --config: start every "
+                             "decomposition at the target's ground truth instead of at random.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "APD config (optional).")
 
 
@@ -48,11 +51,13 @@ def main(argv):
     return _print_merge_costs(sweep.apd_tms_merge_costs(tc, _CONFIG.value, params, seeds,
                                                         _MERGE.value), rep, n)
   if _CONFIG.value is not None:
-    rows = sweep.apd_tms(tc, _CONFIG.value, params, seeds, _OFFSET.value, _SAVE.value)
+    rows = sweep.apd_tms(tc, _CONFIG.value, params, seeds, _OFFSET.value, _SAVE.value,
+                         from_ground_truth=_FROM_GT.value)
   print(f"TMS {n}-{tc.model.n_hidden}: every feature represented on "
         f"{sum(r['represented_features'] == n for r in rows)} of {len(rows)} seeds")
   for r in rows:
-    print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    print(" ".join(f"{k} {v:.{6 if k.startswith('loss_') else 4}f}" if isinstance(v, float)
+                   else f"{k} {v}" for k, v in r.items()))
   if _CONFIG.value is not None:
     mm = np.array([r["mmcs"] for r in rows])
     print(f"MMCS >= 0.99 on {(mm >= 0.99).sum()} of {len(mm)}, >= 0.98 on {(mm >= 0.98).sum()}")

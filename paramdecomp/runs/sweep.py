@@ -52,12 +52,16 @@ def tms_targets(c, seeds) -> dict:
 
 
 def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
-            save: str | None = None) -> list[dict]:
+            save: str | None = None, from_ground_truth: bool = False) -> list[dict]:
   """APD (decomposition config `dcfg`, `decompose_apd`'s schema) on each stacked TMS target of
   `params` [S, ...]; per seed `apd_summary.tms_measures` (MMCS and ML2R, over all components
-  and over those in use on a fresh batch; merged components and split features). With `save`,
-  also writes the targets' W [S, d, n], the components [S, C, d, n] and their use [S, C] to that
-  .npz file, for inspecting a run after the fact."""
+  and over those in use on a fresh batch; merged components and split features) and the final
+  loss terms (`loss_` + term, over 20 fresh batches: runs of one target compare by them). With
+  `from_ground_truth` every run starts at the target's ground-truth decomposition
+  (`tms.ground_truth_factors`; the spares at 1e-3 of the random init, so they can move) instead
+  of the random init: where such a run ends shows whether the clean answer is a minimum the
+  random starts miss. With `save`, also writes the targets' W [S, d, n], the components
+  [S, C, d, n] and their use [S, C] to that .npz file, for inspecting a run after the fact."""
   target = registry.of(tcfg.model)
   first = jax.tree.map(lambda a: a[0], params)
   apply, _ = target.decomposable(tcfg.model, first)
@@ -65,23 +69,35 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
   opt = decompose_apd.optimizer(dcfg)
   update = apd.make_update(apply, dcfg.apd, batch_fn, opt)
   x = batch_fn(jax.random.PRNGKey(0))
+
+  def start(k, p):
+    st = apd.init(jax.random.fold_in(k, 0), p, dcfg.apd, apply=apply, x=x)
+    if from_ground_truth:
+      gt = tms.ground_truth_factors(p["W"], dcfg.apd.C, dcfg.apd.m)
+      n = tcfg.model.n_features
+      rand = st.factors["W"]
+      st = apd.State({"W": jax.tree.map(lambda g, r: g.at[n:].set(1e-3 * r[n:]), gt, rand)})
+    return st
+
   # the runner's keys (runner._state): a sweep seed is the run of that seed
   keys = [jax.random.PRNGKey(s + seed_offset) for s in seeds]
-  states = stack([train.init_state(
-      apd.init(jax.random.fold_in(k, 0), jax.tree.map(lambda a: a[i], params), dcfg.apd,
-               apply=apply, x=x), opt, jax.random.fold_in(k, 1))
-      for i, k in enumerate(keys)])
+  states = stack([train.init_state(start(k, jax.tree.map(lambda a: a[i], params)), opt,
+                                   jax.random.fold_in(k, 1))
+                  for i, k in enumerate(keys)])
   states = run_steps(update, states, params, dcfg.optim.steps)
   use_fn = jax.jit(lambda st, p, x: apd.component_use(apply, p, st, x, dcfg.apd))
   x_eval = batch_fn(jax.random.PRNGKey(1))
+  xs_loss = [batch_fn(jax.random.PRNGKey(1000 + i)) for i in range(20)]
   out, kept = [], []
   for i, s in enumerate(seeds):
     p, st = jax.tree.map(lambda a: a[i], (params, states.params))
     use = use_fn(st, p, x_eval)
     comps = lowrank.components(st.factors["W"])
     kept.append((p["W"], comps, use))
+    terms = apd_summary.loss_terms(apply, p, dcfg.apd, xs_loss, st.factors)
     out.append({"seed": s, "represented_features": int(tms.represented_features(p).sum()),
-                **apd_summary.tms_measures(p["W"], comps, use)})
+                **apd_summary.tms_measures(p["W"], comps, use),
+                **{f"loss_{k}": v for k, v in terms.items()}})
   if save:
     w, comps, use = (np.stack([np.asarray(k[j]) for k in kept]) for j in range(3))
     np.savez(save, W=w, components=comps, use=use, seeds=np.asarray(seeds))

@@ -1,6 +1,7 @@
 """A vmapped seed sweep trains each seed's target as the runner does (cross-path agreement)."""
 import numpy as np
 
+from paramdecomp.configs import apd_tms
 from paramdecomp.configs import tms as tms_configs
 from paramdecomp.runs import sweep, targets
 
@@ -16,3 +17,17 @@ def test_sweep_targets_match_train_target_seed_by_seed(tmp_path):
       np.testing.assert_allclose(stacked[k][i], one[k], rtol=1e-5, atol=1e-6)
   # different seeds, different targets
   assert not np.allclose(stacked["W"][0], stacked["W"][1])
+
+
+def test_a_sweep_from_the_ground_truth_starts_at_it():
+  """With no steps the components are the start: every feature in its own component (MMCS and
+  ML2R 1), the spare at 1e-3 of a random init, and the loss terms those of the ground truth."""
+  tc = tms_configs.get_config("5-2")
+  tc.optim.steps = 500
+  dc = apd_tms.get_config("5-2")
+  dc.optim.steps = 0
+  params = sweep.tms_targets(tc, [1])
+  row, = sweep.apd_tms(tc, dc, params, [1], from_ground_truth=True)
+  np.testing.assert_allclose([row["mmcs"], row["ml2r"]], [1.0, 1.0], atol=1e-5)
+  assert (row["merged"], row["split"]) == (0, 0)
+  assert row["loss_faithfulness"] < 1e-8 < row["loss_simplicity"]
