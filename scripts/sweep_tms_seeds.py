@@ -8,10 +8,11 @@
       --config=paramdecomp/configs/apd_tms.py:10-4 --merge_costs=45              # no training
 Prints, per seed, the features the target represents and (with --config) MMCS / ML2R; seed s
 trains target s and decomposes it with key s + --seed_offset, and gives the final loss terms;
---from_ground_truth starts the decompositions at the targets' ground truth instead. With --merge_costs=K it decomposes
-nothing: it prints APD's loss at each target's ground-truth decomposition and how much it rises
-when two features share a component, for K feature pairs. --paper_bias trains the targets
-from torch's default decoder bias (the paper's recipe) instead of zero.
+--from_ground_truth starts the decompositions at the targets' ground truth instead. With
+--merge_costs=K it decomposes nothing: it prints APD's loss at each target's ground-truth
+decomposition and how much it rises when two features share a component, for K feature pairs.
+--paper_bias trains the targets from torch's default decoder bias (the paper's recipe) instead
+of zero.
 """
 import json
 

@@ -46,10 +46,10 @@ def make_mesh(data: int = 1, components: int = 1) -> Mesh:
   return Mesh(np.asarray(devices[:n]).reshape(data, components), AXES)
 
 
-def _xla_flags_hint(flags: str | None = None) -> str:
+def _xla_flags_hint() -> str:
   """Why a simulated device count may not have taken: XLA stops reading XLA_FLAGS at the first
   word without '--' (e.g. 'intra_op_parallelism_threads=1'), dropping every flag after it."""
-  words = (os.environ.get("XLA_FLAGS", "") if flags is None else flags).split()
+  words = os.environ.get("XLA_FLAGS", "").split()
   for i, w in enumerate(words):
     if not w.startswith("--"):
       later = [v for v in words[i + 1:] if v.startswith("--xla_force_host_platform_device_count")]
