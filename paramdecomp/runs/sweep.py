@@ -51,6 +51,18 @@ def tms_targets(c, seeds) -> dict:
   return run_steps(update, states, stack([{} for _ in seeds]), c.optim.steps).params
 
 
+def _tms_apd_inputs(tcfg, dcfg, params: dict):
+  """(apply, batch_fn) of the stacked TMS targets `params` for APD config `dcfg`."""
+  target = registry.of(tcfg.model)
+  apply, _ = target.decomposable(tcfg.model, jax.tree.map(lambda a: a[0], params))
+  return apply, lambda k: target.batch(k, tcfg, dcfg.batch_size)
+
+
+def _loss_batches(batch_fn, n: int) -> list:
+  """The n fixed batches every run's final loss terms are measured on (keys 1000..1000+n-1)."""
+  return [batch_fn(jax.random.PRNGKey(1000 + i)) for i in range(n)]
+
+
 def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
             save: str | None = None, from_ground_truth: bool = False) -> list[dict]:
   """APD (decomposition config `dcfg`, `decompose_apd`'s schema) on each stacked TMS target of
@@ -62,10 +74,7 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
   of the random init: where such a run ends shows whether the clean answer is a minimum the
   random starts miss. With `save`, also writes the targets' W [S, d, n], the components
   [S, C, d, n] and their use [S, C] to that .npz file, for inspecting a run after the fact."""
-  target = registry.of(tcfg.model)
-  first = jax.tree.map(lambda a: a[0], params)
-  apply, _ = target.decomposable(tcfg.model, first)
-  batch_fn = lambda k: target.batch(k, tcfg, dcfg.batch_size)
+  apply, batch_fn = _tms_apd_inputs(tcfg, dcfg, params)
   opt = decompose_apd.optimizer(dcfg)
   update = apd.make_update(apply, dcfg.apd, batch_fn, opt)
   x = batch_fn(jax.random.PRNGKey(0))
@@ -87,7 +96,7 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
   states = run_steps(update, states, params, dcfg.optim.steps)
   use_fn = jax.jit(lambda st, p, x: apd.component_use(apply, p, st, x, dcfg.apd))
   x_eval = batch_fn(jax.random.PRNGKey(1))
-  xs_loss = [batch_fn(jax.random.PRNGKey(1000 + i)) for i in range(20)]
+  xs_loss = _loss_batches(batch_fn, 20)
   out, kept = [], []
   for i, s in enumerate(seeds):
     p, st = jax.tree.map(lambda a: a[i], (params, states.params))
@@ -110,11 +119,8 @@ def apd_tms_merge_costs(tcfg, dcfg, params: dict, seeds, n_pairs: int,
   `dcfg`: per seed, the ground truth's loss terms and the rise of each for `n_pairs` feature
   pairs (all pairs if there are fewer; else drawn without replacement, the same for every
   seed), over `n_batches` training batches of dcfg.batch_size."""
-  target = registry.of(tcfg.model)
-  first = jax.tree.map(lambda a: a[0], params)
-  apply, _ = target.decomposable(tcfg.model, first)
-  xs = [target.batch(jax.random.PRNGKey(1000 + i), tcfg, dcfg.batch_size)
-        for i in range(n_batches)]
+  apply, batch_fn = _tms_apd_inputs(tcfg, dcfg, params)
+  xs = _loss_batches(batch_fn, n_batches)
   n = tcfg.model.n_features
   pairs = [(a, b) for a in range(n) for b in range(a + 1, n)]
   if len(pairs) > n_pairs:
