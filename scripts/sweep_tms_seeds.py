@@ -8,7 +8,8 @@
       --config=paramdecomp/configs/apd_tms.py:10-4 --merge_costs=45              # no training
 Prints, per seed, the features the target represents and (with --config) MMCS / ML2R; seed s
 trains target s and decomposes it with key s + --seed_offset, and gives the final loss terms;
---from_ground_truth starts the decompositions at the targets' ground truth instead. With
+--from_ground_truth starts the decompositions at the targets' ground truth instead;
+--restarts=R decomposes each target from R random starts and keeps the lowest-loss one. With
 --merge_costs=K it decomposes nothing: it prints APD's loss at each target's ground-truth
 decomposition and how much it rises when two features share a component, for K feature pairs.
 --paper_bias trains the targets from torch's default decoder bias (the paper's recipe) instead
@@ -35,6 +36,8 @@ _MERGE = flags.DEFINE_integer("merge_costs", 0, "With --config: instead of decom
                               "merged into one component.")
 _FROM_GT = flags.DEFINE_bool("from_ground_truth", False, "With --config: start every "
                              "decomposition at the target's ground truth instead of at random.")
+_RESTARTS = flags.DEFINE_integer("restarts", 1, "With --config: decompose each target from this "
+                                 "many random starts and keep the one with the lowest loss.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "APD config (optional).")
 
 
@@ -53,7 +56,8 @@ def main(argv):
                                                         _MERGE.value), rep, n)
   if _CONFIG.value is not None:
     rows = sweep.apd_tms(tc, _CONFIG.value, params, seeds, _OFFSET.value, _SAVE.value,
-                         from_ground_truth=_FROM_GT.value)
+                         from_ground_truth=_FROM_GT.value,
+                         restarts=_RESTARTS.value)
   print(f"TMS {n}-{tc.model.n_hidden}: every feature represented on "
         f"{sum(r['represented_features'] == n for r in rows)} of {len(rows)} seeds")
   for r in rows:

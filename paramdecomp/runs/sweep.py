@@ -64,7 +64,8 @@ def _loss_batches(batch_fn, n: int) -> list:
 
 
 def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
-            save: str | None = None, from_ground_truth: bool = False) -> list[dict]:
+            save: str | None = None, from_ground_truth: bool = False,
+            restarts: int = 1) -> list[dict]:
   """APD (decomposition config `dcfg`, `decompose_apd`'s schema) on each stacked TMS target of
   `params` [S, ...]; per seed `apd_summary.tms_measures` (MMCS and ML2R, over all components
   and over those in use on a fresh batch; merged components and split features) and the final
@@ -72,8 +73,14 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
   `from_ground_truth` every run starts at the target's ground-truth decomposition
   (`tms.ground_truth_factors`; the spares at 1e-3 of the random init, so they can move) instead
   of the random init: where such a run ends shows whether the clean answer is a minimum the
-  random starts miss. With `save`, also writes the targets' W [S, d, n], the components
-  [S, C, d, n] and their use [S, C] to that .npz file, for inspecting a run after the fact."""
+  random starts miss. With `restarts` = R > 1, each target is decomposed from R random starts
+  (the first the usual one, the others keyed fold_in(key, 1000 + r)), all in the same vmapped
+  program, and the row is the start with the lowest final loss (`restart`; every start's loss
+  and MMCS in `restart_loss` and `restart_mmcs`): restarts chosen by APD's own objective, which
+  needs no ground truth. With `save`, also writes the targets' W [S, d, n], the components
+  [S, C, d, n] and their use [S, C] (of the rows' starts) to that .npz file."""
+  if restarts < 1:
+    raise ValueError(f"restarts must be >= 1, got {restarts}")
   apply, batch_fn = _tms_apd_inputs(tcfg, dcfg, params)
   opt = decompose_apd.optimizer(dcfg)
   update = apd.make_update(apply, dcfg.apd, batch_fn, opt)
@@ -88,25 +95,39 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
       st = apd.State({"W": jax.tree.map(lambda g, r: g.at[n:].set(1e-3 * r[n:]), gt, rand)})
     return st
 
-  # the runner's keys (runner._state): a sweep seed is the run of that seed
-  keys = [jax.random.PRNGKey(s + seed_offset) for s in seeds]
+  # the runner's keys (runner._state): a sweep seed's first start is the run of that seed
+  base = [jax.random.PRNGKey(s + seed_offset) for s in seeds]
+  runs = [(i, k if r == 0 else jax.random.fold_in(k, 1000 + r))
+          for i, k in enumerate(base) for r in range(restarts)]          # seed-major
+  target_of = [i for i, _ in runs]
+  run_params = jax.tree.map(lambda a: a[jnp.asarray(target_of)], params)
   states = stack([train.init_state(start(k, jax.tree.map(lambda a: a[i], params)), opt,
                                    jax.random.fold_in(k, 1))
-                  for i, k in enumerate(keys)])
-  states = run_steps(update, states, params, dcfg.optim.steps)
+                  for i, k in runs])
+  states = run_steps(update, states, run_params, dcfg.optim.steps)
   use_fn = jax.jit(lambda st, p, x: apd.component_use(apply, p, st, x, dcfg.apd))
   x_eval = batch_fn(jax.random.PRNGKey(1))
   xs_loss = _loss_batches(batch_fn, 20)
-  out, kept = [], []
-  for i, s in enumerate(seeds):
-    p, st = jax.tree.map(lambda a: a[i], (params, states.params))
+  rows, kept = [], []
+  for j, (i, _) in enumerate(runs):
+    p, st = jax.tree.map(lambda a: a[i], params), jax.tree.map(lambda a: a[j], states.params)
     use = use_fn(st, p, x_eval)
     comps = lowrank.components(st.factors["W"])
     kept.append((p["W"], comps, use))
     terms = apd_summary.loss_terms(apply, p, dcfg.apd, xs_loss, st.factors)
-    out.append({"seed": s, "represented_features": int(tms.represented_features(p).sum()),
-                **apd_summary.tms_measures(p["W"], comps, use),
-                **{f"loss_{k}": v for k, v in terms.items()}})
+    rows.append({"seed": seeds[i], "represented_features": int(tms.represented_features(p).sum()),
+                 **apd_summary.tms_measures(p["W"], comps, use),
+                 **{f"loss_{k}": v for k, v in terms.items()}})
+  out, picked = [], []
+  for i in range(len(seeds)):
+    mine = rows[i * restarts:(i + 1) * restarts]
+    r = int(np.argmin([row["loss_total"] for row in mine]))
+    picked.append(i * restarts + r)
+    extra = {} if restarts == 1 else {"restart": r,
+                                      "restart_loss": [row["loss_total"] for row in mine],
+                                      "restart_mmcs": [row["mmcs"] for row in mine]}
+    out.append({**mine[r], **extra})
+  kept = [kept[j] for j in picked]
   if save:
     w, comps, use = (np.stack([np.asarray(k[j]) for k in kept]) for j in range(3))
     np.savez(save, W=w, components=comps, use=use, seeds=np.asarray(seeds))

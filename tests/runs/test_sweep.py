@@ -31,3 +31,22 @@ def test_a_sweep_from_the_ground_truth_starts_at_it():
   np.testing.assert_allclose([row["mmcs"], row["ml2r"]], [1.0, 1.0], atol=1e-5)
   assert (row["merged"], row["split"]) == (0, 0)
   assert row["loss_faithfulness"] < 1e-8 < row["loss_simplicity"]
+
+
+def test_restarts_keep_the_lowest_loss_start_of_each_target():
+  """Restarts: the first start of each target is the plain sweep's run of it (same key, same
+  target, even for the second target of the stack), the others differ, and the row is the start
+  with the lowest loss. No steps: the starts are the random inits."""
+  tc = tms_configs.get_config("5-2")
+  tc.optim.steps = 500
+  dc = apd_tms.get_config("5-2")
+  dc.optim.steps = 0
+  params = sweep.tms_targets(tc, [1, 2])
+  plain = sweep.apd_tms(tc, dc, params, [1, 2])
+  rows = sweep.apd_tms(tc, dc, params, [1, 2], restarts=3)
+  for p, r in zip(plain, rows):
+    assert len(r["restart_loss"]) == 3
+    np.testing.assert_allclose(r["restart_loss"][0], p["loss_total"], rtol=1e-6)
+    assert len(set(r["restart_loss"])) == 3
+    assert r["loss_total"] == min(r["restart_loss"])
+    assert r["mmcs"] == r["restart_mmcs"][r["restart"]]
