@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from paramdecomp.runs.decompose_apd import default_config
 
+
 class _Settings(NamedTuple):
   """One of the paper's two TMS settings."""
   k_share: float   # batch top-k per expected active feature
@@ -64,10 +65,10 @@ def sized(n_features: int, n_hidden: int, c=None, p: float = 0.05):
   on 4 of 6 seeds at 9-3 with the 5-2 settings, and on 4, 5 and 5 of 6 at 10-4, 11-4 and 12-4
   with the 40-10 ones (on seeds 0-2: 3, 2, 3 and 3 of 3); the failed runs end at a higher loss
   than the clean ones of their size, so restarts chosen by the loss
-  (`sweep.apd_tms(restarts=)`) keep a clean start where one exists. Neither set serves both widths: the 5-2 settings merge two
-  features in one component on most seeds from 10-4 up, and the 40-10 coefficients split every
-  feature of 9-3 over two components. Where between H = 3 and 4 the switch
-  belongs is set by these sizes only."""
+  (`sweep.apd_tms(restarts=)`) keep a clean start where one exists. Neither set serves both
+  widths: the 5-2 settings merge two features in one component on most seeds from 10-4 up, and
+  the 40-10 coefficients split every feature of 9-3 over two components. Where between H = 3
+  and 4 the switch belongs is set by these sizes only."""
   c = c or default_config()
   st = _SMALL if n_hidden <= 3 else _LARGE
   c.apd.update(dict(C=n_features + 1, m=n_hidden + 1, topk=st.k_share * p * n_features,
