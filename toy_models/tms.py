@@ -79,7 +79,8 @@ def ground_truth_factors(w, C: int, m: int, merge: tuple[int, int] | None = None
   (U [C, n_hidden, m], V [C, n_features, m]): component i < n_features is W[:, i] e_i^T (feature
   i's column alone, in its first rank slot), the rest are zero. With ``merge=(a, b)`` component
   a holds features a and b together, in SVD form (u_k sigma_k, v_k: the factorisation of least
-  Schatten penalty), and component b is empty (a pure merge; trained merged runs also rearrange the rest)."""
+  Schatten penalty), and component b is empty (a pure merge; trained merged runs also
+  rearrange the rest)."""
   dtype = jnp.asarray(w).dtype
   w = np.asarray(w, np.float64)
   h, n = w.shape

@@ -98,7 +98,7 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
   # the runner's keys (runner._state): a sweep seed's first start is the run of that seed
   base = [jax.random.PRNGKey(s + seed_offset) for s in seeds]
   runs = [(i, k if r == 0 else jax.random.fold_in(k, 1000 + r))
-          for i, k in enumerate(base) for r in range(restarts)]          # seed-major
+          for i, k in enumerate(base) for r in range(restarts)]
   target_of = [i for i, _ in runs]
   run_params = jax.tree.map(lambda a: a[jnp.asarray(target_of)], params)
   states = stack([train.init_state(start(k, jax.tree.map(lambda a: a[i], params)), opt,
@@ -118,18 +118,17 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
     rows.append({"seed": seeds[i], "represented_features": int(tms.represented_features(p).sum()),
                  **apd_summary.tms_measures(p["W"], comps, use),
                  **{f"loss_{k}": v for k, v in terms.items()}})
-  out, picked = [], []
-  for i in range(len(seeds)):
+  out, kept_rows = [], []
+  for i in range(len(seeds)):   # runs are seed-major: seed i's starts are i*R .. i*R + R-1
     mine = rows[i * restarts:(i + 1) * restarts]
     r = int(np.argmin([row["loss_total"] for row in mine]))
-    picked.append(i * restarts + r)
+    kept_rows.append(kept[i * restarts + r])
     extra = {} if restarts == 1 else {"restart": r,
                                       "restart_loss": [row["loss_total"] for row in mine],
                                       "restart_mmcs": [row["mmcs"] for row in mine]}
     out.append({**mine[r], **extra})
-  kept = [kept[j] for j in picked]
   if save:
-    w, comps, use = (np.stack([np.asarray(k[j]) for k in kept]) for j in range(3))
+    w, comps, use = (np.stack([np.asarray(k[j]) for k in kept_rows]) for j in range(3))
     np.savez(save, W=w, components=comps, use=use, seeds=np.asarray(seeds))
   return out
 
