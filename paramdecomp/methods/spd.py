@@ -5,7 +5,10 @@ a sum of C rank-one subcomponents u_c v_c^T (`lowrank.Factors` with m = 1). A *s
 product the model makes with a decomposed weight: a weight used once is one site named by its
 path; a weight used k times (the tied TMS, whose decoder is ``h @ W``) gives sites 'path:0' ..
 'path:k-1', which share the subcomponents (the decoder's are the transposes of the encoder's)
-but have their own causal-importance functions and masks.
+but have their own causal-importance functions and masks. With ``tied_updates='per_use'`` such a
+weight's entry in the state is a tuple of k equal copies, one per site: each copy gets its own
+site's gradient and its own optimiser moments, and every copy moves by the sum of the k updates
+(the reference's tie: k Parameters on one storage, each updated by AdamW in turn).
 
 One step: the target's forward pass records every site's input a; the inner activations
 h_c = v_c . a (v: the input side of the site's product) feed the CI functions (`spd_ci`);
@@ -29,6 +32,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from paramdecomp.core import config as cfglib
 from paramdecomp.core import lowrank, pytree, train
@@ -40,13 +44,15 @@ from paramdecomp.methods import spd_ci, spd_masks
 
 class State(NamedTuple):
   """SPD's trainable state: ``sub[path]`` the C rank-one subcomponents of a decomposed weight
-  (U [C, a, 1], V [C, b, 1] in its matrix view [a, b]); ``ci[site]`` the CI functions."""
+  (U [C, a, 1], V [C, b, 1] in its matrix view [a, b]; with per-use tied updates, a tuple of
+  equal copies, one per site of that weight); ``ci[site]`` the CI functions."""
   sub: dict
   ci: dict
 
 
 COMPONENT_TYPES = (Factors,) + spd_ci.COMPONENT_TYPES
 DIVERGENCES = ("mse", "kl")
+TIED_UPDATES = ("shared", "per_use")
 
 
 class Site(NamedTuple):
@@ -90,6 +96,10 @@ def default_config() -> ml_collections.ConfigDict:
       out_recon_coeff=0.0,            # all subcomponents unmasked (m = 1)
       schatten_coeff=0.0,             # E sum g_up^p (|u_c|^2 + |v_c|^2)
       embedding_recon_coeff=0.0,      # stochastically masked embedding rows vs the target's
+      tied_updates="shared",          # a weight used at several sites (tied TMS): shared (one
+                                      # parameter, one update of the summed gradient) | per_use
+                                      # (the reference: one copy and optimiser state per site,
+                                      # the shared values moved by the sum of their updates)
   ))
 
 
@@ -107,6 +117,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   cfglib.one_of(cfg, "gelu", spd_ci.GELUS)
   cfglib.one_of(cfg, "mask_source", tuple(spd_masks.SOURCES))
   cfglib.one_of(cfg, "divergence", DIVERGENCES)
+  cfglib.one_of(cfg, "tied_updates", TIED_UPDATES)
   cfglib.positive(cfg, "C", "n_mask_samples", "pnorm", "leaky_alpha")
   cfglib.require(isinstance(cfg.C, int), "C", f"must be an integer, got {cfg.C!r}")
   cfglib.require(cfg.d_gate >= 0, "d_gate", f"must be >= 0 (0: affine gates), got {cfg.d_gate}")
@@ -189,6 +200,9 @@ def init(key, params, cfg, *, apply: Callable | None = None, x=None) -> State:
     # the output side of the first product: b for ``a @ Wv`` (axis 0), a for ``Wv @ a``
     sub[p] = init_subcomponents(jax.random.fold_in(key, i), ws[p], _view(apply, params, x, p),
                                 cfg.C, 1 - first.axis)
+    n_uses = sum(s.path == p for s in ss)
+    if cfg.tied_updates == "per_use" and n_uses > 1:
+      sub[p] = (sub[p],) * n_uses
   dtype = jax.tree.leaves(ws)[0].dtype
   ci = spd_ci.init_ci(jax.random.fold_in(key, len(paths)), cfg.ci_fn,
                       [(s.name, s.d_in) for s in ss], cfg.C, cfg.d_gate, dtype)
@@ -201,22 +215,43 @@ def normalize(state: State, cfg) -> State:
   return state
 
 
+def _copies(f) -> bool:
+  """Is this entry of State.sub a per-use tuple of copies (not one Factors, itself a tuple)?"""
+  return isinstance(f, tuple) and not isinstance(f, Factors)
+
+
+def shared(sub: dict) -> dict:
+  """{path: Factors}: `sub` with each per-use tuple of copies (all equal) replaced by its first."""
+  return {p: f[0] if _copies(f) else f for p, f in sub.items()}
+
+
+def _site_factors(state: State, site: Site) -> Factors:
+  """The subcomponents the site's product uses: its own copy under per-use tied updates."""
+  f = state.sub[site.path]
+  return f[site.use] if _copies(f) else f
+
+
 def subcomponents(state: State) -> dict:
   """{path: [C, a, b]} the rank-one matrices u_c v_c^T in each weight's matrix view."""
-  return {p: lowrank.components(f) for p, f in state.sub.items()}
+  return {p: lowrank.components(f) for p, f in shared(state.sub).items()}
 
 
 def subcomponent_norms(state: State) -> dict:
   """{path: [C]} Frobenius norms |u_c| |v_c| of the rank-one matrices."""
   return {p: jnp.linalg.norm(f.U[..., 0], axis=1) * jnp.linalg.norm(f.V[..., 0], axis=1)
-          for p, f in state.sub.items()}
+          for p, f in shared(state.sub).items()}
 
 
 def faithfulness(params, sub: dict) -> jax.Array:
-  """sum_l |W*_l - sum_c u_c v_c^T|^2 / N over the decomposed weights (N: their entries)."""
+  """sum_l |W*_l - sum_c u_c v_c^T|^2 / N over the decomposed weights (N: their entries); a
+  per-use tuple counts each copy as a weight of its own (the reference's tied components)."""
   ws = pytree.get(params, list(sub))
-  sq = [jnp.sum((ws[p] - lowrank.total(f).reshape(ws[p].shape)) ** 2) for p, f in sub.items()]
-  return sum(sq) / sum(w.size for w in ws.values())
+  sq, n = 0.0, 0
+  for p, fs in sub.items():
+    for f in fs if _copies(fs) else (fs,):
+      sq = sq + jnp.sum((ws[p] - lowrank.total(f).reshape(ws[p].shape)) ** 2)
+      n += ws[p].size
+  return sq / n
 
 
 # ---- forward passes --------------------------------------------------------------------------
@@ -240,7 +275,7 @@ def target_pass(apply, params, state: State, x, ss):
   {lookup site: its ids [*pos]})."""
   y, uses = trace_matmuls(apply, params, {}, x, list(state.sub))
   acts = {s.name: uses[s.path][s.use].act for s in ss}
-  inner = {s.name: inner_acts(uses[s.path][s.use], state.sub[s.path], s) for s in ss}
+  inner = {s.name: inner_acts(uses[s.path][s.use], _site_factors(state, s), s) for s in ss}
   ids = {s.name: uses[s.path][s.use].ids for s in ss if s.lookup}
   return y, acts, inner, ids
 
@@ -257,8 +292,9 @@ def embedding_recon(params, state: State, ss, ids: dict, masks: dict) -> jax.Arr
   ws = pytree.get(params, list(state.sub))
   total = 0.0
   for s in (s for s in ss if s.lookup):
-    first, second = _sides(state.sub[s.path], s)
-    view = ws[s.path].reshape(state.sub[s.path].U.shape[1], state.sub[s.path].V.shape[1])
+    f = _site_factors(state, s)
+    first, second = _sides(f, s)
+    view = ws[s.path].reshape(f.U.shape[1], f.V.shape[1])
     table = view if s.axis == 0 else view.T                      # [looked-up axis, width]
     i = ids[s.name]
     h = jnp.take(first.T, i, axis=0, mode="fill", fill_value=0)  # [*pos, C]
@@ -272,10 +308,10 @@ def masked_apply(apply: Callable, params, state: State, x, masks: dict, ss) -> j
   sum_c m_c(pos) u_c v_c^T at every position (masks {site: [*pos, C]}, the site's positions);
   sites not in `masks` keep the target's weight."""
   factors = {}
-  for p, f in state.sub.items():
+  for p in state.sub:
     lrs = []
     for s in (s for s in ss if s.path == p):
-      m = masks.get(s.name)
+      m, f = masks.get(s.name), _site_factors(state, s)
       lrs.append(None if m is None else LowRank(f.U[..., 0].T, f.V[..., 0].T, m))
     if any(l is not None for l in lrs):
       factors[p] = PerUse(tuple(lrs))
@@ -406,16 +442,34 @@ def _schatten(g_up, p, state, ss) -> jax.Array:
   """E_pos sum_c g_up^p (|u_c|^2 + |v_c|^2) summed over sites (the reference's 'Schatten')."""
   total = 0.0
   for s in ss:
-    f = state.sub[s.path]
+    f = _site_factors(state, s)
     sq = jnp.sum(f.U[..., 0] ** 2, axis=1) + jnp.sum(f.V[..., 0] ** 2, axis=1)
     total = total + jnp.mean(_power(g_up[s.name], p) @ sq)
   return total
 
 
+def sum_tied_updates(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`optimizer` with every per-use tuple of its updates replaced by their sum, given to each
+  copy: copies that start equal stay equal, each moved by all k uses' updates, each update from
+  its own gradient and moments (k parameters on one storage, updated in turn). Same state as
+  `optimizer`."""
+  def update(updates, opt_state, params=None):
+    updates, opt_state = optimizer.update(updates, opt_state, params)
+    def tie(u):
+      if not _copies(u):
+        return u
+      total = jax.tree.map(lambda *a: sum(a), *u)
+      return (total,) * len(u)
+    return updates._replace(sub={p: tie(u) for p, u in updates.sub.items()}), opt_state
+  return optax.GradientTransformation(optimizer.init, update)
+
+
 def make_update(apply: Callable, cfg, batch_fn: Callable, optimizer):
   """The SPD step ``(TrainState, frozen) -> (TrainState, metrics)`` (not jitted): `loss` on
-  ``x = batch_fn(key)`` at the state's step (for p-annealing), then the optimiser. Checks cfg."""
+  ``x = batch_fn(key)`` at the state's step (for p-annealing), then the optimiser (per-use tied
+  updates summed, `sum_tied_updates`). Checks cfg."""
   validate(cfg)
+  optimizer = sum_tied_updates(optimizer)
 
   def update(state: train.TrainState, frozen):
     loss_fn = train.loss_on_batches(functools.partial(loss, step=state.step), batch_fn,

@@ -3,8 +3,10 @@ masked forward pass against dense per-sample weights, CI functions against a loo
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from paramdecomp.core import train
 from paramdecomp.core.config import ConfigError
 from paramdecomp.core.lowrank import Factors
 from paramdecomp.methods import spd, spd_ci, spd_masks
@@ -216,6 +218,63 @@ def test_tms_id_identity_from_any_rank_one_pieces_with_full_importance_reconstru
       assert float(m[name]) < 1e-28, (name, m[name])
 
 
+def _tied_states(key, cfg, x):
+  """The tied TMS 5-2 target and one SPD init as a shared state and as its per-use twin."""
+  params = tms.init(jax.random.PRNGKey(0), tms.model_config(5, 2))
+  st = spd.init(key, params, cfg, apply=tms.apply, x=x)
+  per_use = spd.init(key, params, _cfg(**{**cfg.to_dict(), "tied_updates": "per_use"}),
+                     apply=tms.apply, x=x)
+  return params, st, per_use
+
+
+def test_per_use_tied_gradients_are_the_parts_of_the_shared_gradient():
+  """Per-use copies of the tied W: the same loss, each copy gets only its own site's gradient
+  (the two differ), and their sum is the shared parameter's gradient."""
+  cfg = _cfg(C=7, schatten_coeff=0.1, recon_coeff=1.0)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (16, 5))
+  params, st, per_use = _tied_states(jax.random.PRNGKey(2), cfg, x)
+  assert isinstance(per_use.sub["W"], tuple) and len(per_use.sub["W"]) == 2
+  f = jax.jit(jax.value_and_grad(
+      lambda s: spd.loss(s, params, x, jax.random.PRNGKey(3), apply=tms.apply, cfg=cfg)[0]))
+  v, g = f(st)
+  v2, g2 = f(per_use)
+  np.testing.assert_allclose(v2, v, rtol=1e-6)
+  a, b = g2.sub["W"]
+  assert float(jnp.abs(a.U - b.U).max()) > 1e-3 * float(jnp.abs(g.sub["W"].U).max())
+  jax.tree.map(lambda s, t, u: np.testing.assert_allclose(s + t, u, rtol=1e-5, atol=1e-9),
+               a, b, g.sub["W"])
+  jax.tree.map(lambda s, t: np.testing.assert_allclose(s, t, rtol=1e-5, atol=1e-9),
+               g2.ci, g.ci)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_per_use_tied_step_moves_every_copy_by_the_sum_of_the_uses_updates(opt):
+  """One step: the copies stay equal; with SGD (linear in the gradient) the per-use step is the
+  shared step; with Adam it is the sum of Adam's updates of each use's gradient alone."""
+  cfg = _cfg(C=7)
+  x = jax.random.uniform(jax.random.PRNGKey(4), (16, 5))
+  params, st, per_use = _tied_states(jax.random.PRNGKey(5), cfg, x)
+  tx = optax.sgd(0.1) if opt == "sgd" else optax.adam(1e-2)
+  batch = lambda k: jax.random.uniform(k, x.shape)
+  step = lambda s: jax.jit(spd.make_update(tms.apply, _cfg(**{**cfg.to_dict(), "tied_updates": (
+      "per_use" if isinstance(s.sub["W"], tuple) else "shared")}), batch, tx))(
+          train.init_state(s, tx, jax.random.PRNGKey(6)), params)[0].params
+  new = step(per_use)
+  a, b = new.sub["W"]
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  if opt == "sgd":
+    jax.tree.map(lambda s, t: np.testing.assert_allclose(s, t, rtol=1e-5, atol=1e-7),
+                 a, step(st).sub["W"])
+  else:
+    key = jax.random.fold_in(jax.random.PRNGKey(6), 0)
+    g = jax.grad(lambda s: train.loss_on_batches(spd.loss, batch, apply=tms.apply, cfg=cfg)(
+        s, params, key)[0])(per_use).sub["W"]
+    moves = [tx.update(gi, tx.init(gi))[0] for gi in g]
+    want = jax.tree.map(lambda w, u0, u1: w + u0 + u1, per_use.sub["W"][0], *moves)
+    jax.tree.map(lambda s, t: np.testing.assert_allclose(s, t, rtol=1e-6, atol=1e-8), a, want)
+    assert spd.shared(new.sub)["W"] is a and spd.subcomponents(new)["W"].shape == (7, 2, 5)
+
+
 # ---- CI functions against a loop over subcomponents -------------------------------------------
 
 # (7, 211) positions are more rows than one chunk holds (2^15 // (C d) = 1365) and not a multiple
@@ -303,7 +362,8 @@ def test_p_annealing_is_linear_between_its_fractions():
 @pytest.mark.parametrize("field, value, match", [
     ("ci_fn", "gru", "'ci_fn'"), ("d_gate", -1, "'d_gate'"), ("gelu", "erf", "'gelu'"),
     ("mask_source", "pgd", "'mask_source'"), ("pnorm_final", 0.5, "'anneal_steps'"),
-    ("stochastic_recon_coeff", -1.0, "'stochastic_recon_coeff'"), ("C", 0, "'C'")])
+    ("stochastic_recon_coeff", -1.0, "'stochastic_recon_coeff'"), ("C", 0, "'C'"),
+    ("tied_updates", "twice", "'tied_updates'")])
 def test_bad_configs_fail_by_name(field, value, match):
   with pytest.raises(ConfigError, match=match):
     spd.validate(_cfg(**{field: value}))
