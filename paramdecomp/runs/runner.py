@@ -134,6 +134,19 @@ def _flat(d: dict, prefix: str = "") -> dict:
   return out
 
 
+def config_differences(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict,
+                       free: tuple[str, ...] = ()) -> list[str]:
+  """The dotted fields where configs `a` and `b` differ, but for those starting with a prefix
+  in `free`, sorted."""
+  fa, fb = _flat_config(a), _flat_config(b)
+  return [k for k in sorted(set(fa) | set(fb))
+          if fa.get(k) != fb.get(k) and not k.startswith(free)]
+
+
+def _flat_config(c: ml_collections.ConfigDict) -> dict:
+  return _flat(json.loads(json.dumps(c.to_dict())))   # as saved: tuples become lists
+
+
 def check_resume(spec: Spec, c: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuse to resume the run in `workdir` with a config that differs from its own outside the
   fields that may change on resume (the run section, `spec.resumable`), naming the field."""
@@ -141,15 +154,14 @@ def check_resume(spec: Spec, c: ml_collections.ConfigDict, workdir: str) -> None
   if not os.path.exists(path):
     raise MissingCheckpointError(f"resume asked for, but {os.path.abspath(workdir)} holds no "
                                  "run (no checkpoint, no config.json)")
-  saved = _flat(json.loads(json.dumps(saved_config(spec, workdir).to_dict())))
-  now = _flat(json.loads(json.dumps(c.to_dict())))
+  old = saved_config(spec, workdir)
   may = ("run.",) + spec.resumable
-  for k in sorted(set(saved) | set(now)):
-    if saved.get(k) != now.get(k) and not k.startswith(may):
-      raise ResumeMismatchError(
-          k, f"is {now.get(k)!r} here but the run in {workdir} was made with {saved.get(k)!r}; "
-          f"a resumed run keeps its config (only {', '.join(p.rstrip('.') for p in may)} may "
-          "change): start a new run in another workdir instead")
+  for k in config_differences(old, c, may)[:1]:
+    saved, now = _flat_config(old), _flat_config(c)
+    raise ResumeMismatchError(
+        k, f"is {now.get(k)!r} here but the run in {workdir} was made with {saved.get(k)!r}; "
+        f"a resumed run keeps its config (only {', '.join(p.rstrip('.') for p in may)} may "
+        "change): start a new run in another workdir instead")
 
 
 @contextlib.contextmanager

@@ -9,10 +9,14 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
 from paramdecomp.core.checkpoint import Checkpointer
+from paramdecomp.core.config import ConfigError
+from paramdecomp.methods import spd
+from paramdecomp.runs import analyse, restarts
 from paramdecomp.runs import targets as training
 
 from _procs import ROOT, env, final, run, two_processes, wait
@@ -116,6 +120,34 @@ def test_spd_two_processes_on_loopback_match_one_device(target_dir, one_device, 
   assert got["non_negligible"] == want["non_negligible"]
   for k in ("loss", "mmcs", "ml2r", "stochastic_recon"):
     np.testing.assert_allclose(got[k], want[k], rtol=1e-4, err_msg=k)
+
+
+def test_restarts_are_picked_by_the_loss_on_shared_batches_and_must_share_a_config(
+    target_dir, one_device, tmp_path):
+  """scripts/pick_restart.py on two seeds of one config: each run's final loss on the fixed
+  batch (key 1000) and loss key (2000) is the method's loss of its last state recomputed here,
+  the pick is the lower; a run of another length is refused by name."""
+  other, short = tmp_path / "seed7", tmp_path / "short"
+  run(_cmd(target_dir, other, MESH_STEPS, "--config.seed=7"))
+  out = tmp_path / "pick.json"
+  run([sys.executable, os.path.join(ROOT, "scripts", "pick_restart.py"),
+       f"--workdirs={one_device},{other}", "--batches=1", f"--out={out}"])
+  got = json.loads(out.read_text())
+  losses = [r["loss"] for r in got["rows"]]
+  assert got["pick"] == int(np.argmin(losses)) and losses[0] != losses[1]
+  _, tcfg, _ = training.load_target(target_dir)
+  f32 = lambda t: jax.tree.map(lambda a: np.asarray(a, np.float32), t)
+  for w, r in zip((one_device, other), got["rows"]):
+    rr = analyse.load_run(str(w))
+    with jax.enable_x64(False):   # as the run: float32 (float64 draws other batches and masks)
+      x = training.batch(jax.random.PRNGKey(1000), tcfg, 256)
+      want, _ = spd.loss(f32(rr.state), f32(rr.params), x, jax.random.PRNGKey(2000),
+                         apply=rr.apply, cfg=rr.config.spd)
+    np.testing.assert_allclose(r["loss"], float(want), rtol=1e-5)
+    assert r["step"] == MESH_STEPS and r["seed"] == (7 if w == other else 0)
+  run(_cmd(target_dir, short, 20))
+  with pytest.raises(ConfigError, match="'optim.steps'"):
+    restarts.final_losses([str(one_device), str(short)])
 
 
 def test_subcomponents_not_divisible_over_the_mesh_fail_by_name(tmp_path):
