@@ -38,8 +38,9 @@ def final_losses(workdirs: list[str], n_batches: int = 20) -> list[dict]:
       diff = runner.config_differences(first[2], c, FREE) if spec.name == first[1] else ["method"]
       raise cfglib.ConfigError(diff[0], f"{w} and {first[0]} are not restarts of one config: "
                                f"they differ in {diff} (only the seed and the run section may)")
+    # the last phase's config: the loss the run ended on
     loss = jax.jit(lambda s, p, x, k, m=spec.method, plan=plan: m.loss(
-        s, p, x, k, apply=plan.apply, cfg=plan.cfg))
+        s, p, x, k, apply=plan.apply, cfg=plan.phases[-1].cfg))
     acc = []
     for i in range(n_batches):
       args = (jax.random.PRNGKey(1000 + i),) + (() if plan.data is None else (plan.data,))
