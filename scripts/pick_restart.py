@@ -33,7 +33,8 @@ def main(argv):
         s = json.load(f)
       r.update({k: s[k] for k in ("mmcs", "ml2r") if k in s})
     terms = " ".join(f"{k} {v:.6g}" for k, v in r.items() if k not in ("workdir", "seed", "step"))
-    print(f"{'*' if i == best else ' '} {r['workdir']} (seed {r['seed']}, step {r['step']}): {terms}")
+    mark = "*" if i == best else " "
+    print(f"{mark} {r['workdir']} (seed {r['seed']}, step {r['step']}): {terms}")
   print(f"lowest loss: {rows[best]['workdir']}")
   if _OUT.value:
     with open(_OUT.value, "w") as f:

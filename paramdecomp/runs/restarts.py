@@ -9,7 +9,6 @@ wherever another start found a better one.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from paramdecomp.core import config as cfglib
@@ -47,7 +46,7 @@ def final_losses(workdirs: list[str], n_batches: int = 20) -> list[dict]:
       total, metrics = loss(state.params, plan.params, plan.batch_fn(*args),
                             jax.random.PRNGKey(2000 + i))
       acc.append({"loss": total, **metrics})
-    mean = {k: float(np.mean([float(jnp.asarray(a[k])) for a in acc])) for k in acc[0]}
+    mean = {k: float(np.mean([float(a[k]) for a in acc])) for k in acc[0]}
     rows.append({"workdir": w, "seed": int(c.seed), "step": int(state.step), **mean})
   return rows
 
