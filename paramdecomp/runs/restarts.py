@@ -18,6 +18,11 @@ from paramdecomp.runs import analyse, runner
 FREE = ("seed", "run.")
 
 
+def fixed_batches(batch_fn, n: int) -> list:
+  """The n fixed batches runs are compared on: ``batch_fn(PRNGKey(1000 + i))``, i < n."""
+  return [batch_fn(jax.random.PRNGKey(1000 + i)) for i in range(n)]
+
+
 def final_losses(workdirs: list[str], n_batches: int = 20) -> list[dict]:
   """Per run (in `workdirs` order): its workdir, step and the mean over `n_batches` fixed
   batches and loss keys (batch keys 1000 + i, loss keys 2000 + i, the same for every run) of
@@ -40,11 +45,10 @@ def final_losses(workdirs: list[str], n_batches: int = 20) -> list[dict]:
     # the last phase's config: the loss the run ended on
     loss = jax.jit(lambda s, p, x, k, m=spec.method, plan=plan: m.loss(
         s, p, x, k, apply=plan.apply, cfg=plan.phases[-1].cfg))
+    data = () if plan.data is None else (plan.data,)
     acc = []
-    for i in range(n_batches):
-      args = (jax.random.PRNGKey(1000 + i),) + (() if plan.data is None else (plan.data,))
-      total, metrics = loss(state.params, plan.params, plan.batch_fn(*args),
-                            jax.random.PRNGKey(2000 + i))
+    for i, x in enumerate(fixed_batches(lambda k: plan.batch_fn(k, *data), n_batches)):
+      total, metrics = loss(state.params, plan.params, x, jax.random.PRNGKey(2000 + i))
       acc.append({"loss": total, **metrics})
     mean = {k: float(np.mean([float(a[k]) for a in acc])) for k in acc[0]}
     rows.append({"workdir": w, "seed": int(c.seed), "step": int(state.step), **mean})

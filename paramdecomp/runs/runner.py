@@ -156,8 +156,9 @@ def check_resume(spec: Spec, c: ml_collections.ConfigDict, workdir: str) -> None
                                  "run (no checkpoint, no config.json)")
   old = saved_config(spec, workdir)
   may = ("run.",) + spec.resumable
-  for k in config_differences(old, c, may)[:1]:
-    saved, now = _flat_config(old), _flat_config(c)
+  diff = config_differences(old, c, may)
+  if diff:
+    k, saved, now = diff[0], _flat_config(old), _flat_config(c)
     raise ResumeMismatchError(
         k, f"is {now.get(k)!r} here but the run in {workdir} was made with {saved.get(k)!r}; "
         f"a resumed run keeps its config (only {', '.join(p.rstrip('.') for p in may)} may "

@@ -14,6 +14,7 @@ import optax
 from paramdecomp.core import lowrank, schedules, train
 from paramdecomp.methods import apd
 from paramdecomp.runs import apd_summary, decompose_apd, targets
+from paramdecomp.runs.restarts import fixed_batches
 from paramdecomp.toy_models import registry, tms
 
 
@@ -56,11 +57,6 @@ def _tms_apd_inputs(tcfg, dcfg, params: dict):
   target = registry.of(tcfg.model)
   apply, _ = target.decomposable(tcfg.model, jax.tree.map(lambda a: a[0], params))
   return apply, lambda k: target.batch(k, tcfg, dcfg.batch_size)
-
-
-def _loss_batches(batch_fn, n: int) -> list:
-  """The n fixed batches every run's final loss terms are measured on (keys 1000..1000+n-1)."""
-  return [batch_fn(jax.random.PRNGKey(1000 + i)) for i in range(n)]
 
 
 def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
@@ -107,7 +103,7 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
   states = run_steps(update, states, run_params, dcfg.optim.steps)
   use_fn = jax.jit(lambda st, p, x: apd.component_use(apply, p, st, x, dcfg.apd))
   x_eval = batch_fn(jax.random.PRNGKey(1))
-  xs_loss = _loss_batches(batch_fn, 20)
+  xs_loss = fixed_batches(batch_fn, 20)
   rows, kept = [], []
   for j, (i, _) in enumerate(runs):
     p, st = jax.tree.map(lambda a: a[i], params), jax.tree.map(lambda a: a[j], states.params)
@@ -140,7 +136,7 @@ def apd_tms_merge_costs(tcfg, dcfg, params: dict, seeds, n_pairs: int,
   pairs (all pairs if there are fewer; else drawn without replacement, the same for every
   seed), over `n_batches` training batches of dcfg.batch_size."""
   apply, batch_fn = _tms_apd_inputs(tcfg, dcfg, params)
-  xs = _loss_batches(batch_fn, n_batches)
+  xs = fixed_batches(batch_fn, n_batches)
   n = tcfg.model.n_features
   pairs = [(a, b) for a in range(n) for b in range(a + 1, n)]
   if len(pairs) > n_pairs:

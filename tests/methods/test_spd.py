@@ -256,15 +256,16 @@ def test_per_use_tied_step_moves_every_copy_by_the_sum_of_the_uses_updates(opt):
   params, st, per_use = _tied_states(jax.random.PRNGKey(5), cfg, x)
   tx = optax.sgd(0.1) if opt == "sgd" else optax.adam(1e-2)
   batch = lambda k: jax.random.uniform(k, x.shape)
-  step = lambda s: jax.jit(spd.make_update(tms.apply, _cfg(**{**cfg.to_dict(), "tied_updates": (
-      "per_use" if isinstance(s.sub["W"], tuple) else "shared")}), batch, tx))(
-          train.init_state(s, tx, jax.random.PRNGKey(6)), params)[0].params
-  new = step(per_use)
+  def step(s, tied):
+    update = spd.make_update(tms.apply, _cfg(**{**cfg.to_dict(), "tied_updates": tied}), batch, tx)
+    return jax.jit(update)(train.init_state(s, tx, jax.random.PRNGKey(6)), params)[0].params
+
+  new = step(per_use, "per_use")
   a, b = new.sub["W"]
   jax.tree.map(np.testing.assert_array_equal, a, b)
   if opt == "sgd":
     jax.tree.map(lambda s, t: np.testing.assert_allclose(s, t, rtol=1e-5, atol=1e-7),
-                 a, step(st).sub["W"])
+                 a, step(st, "shared").sub["W"])
   else:
     key = jax.random.fold_in(jax.random.PRNGKey(6), 0)
     g = jax.grad(lambda s: train.loss_on_batches(spd.loss, batch, apply=tms.apply, cfg=cfg)(
