@@ -9,7 +9,8 @@
 Prints, per seed, the features the target represents and (with --config) MMCS / ML2R; seed s
 trains target s and decomposes it with key s + --seed_offset, and gives the final loss terms;
 --from_ground_truth starts the decompositions at the targets' ground truth instead;
---restarts=R decomposes each target from R random starts and keeps the lowest-loss one. With
+--restarts=R decomposes each target from R random starts and keeps the lowest-loss one
+(--first_start=F runs only starts F..R-1, to add starts to an earlier sweep). With
 --merge_costs=K it decomposes nothing: it prints APD's loss at each target's ground-truth
 decomposition and how much it rises when two features share a component, for K feature pairs.
 --paper_bias trains the targets from torch's default decoder bias (the paper's recipe) instead
@@ -38,6 +39,8 @@ _FROM_GT = flags.DEFINE_bool("from_ground_truth", False, "With --config: start e
                              "decomposition at the target's ground truth instead of at random.")
 _RESTARTS = flags.DEFINE_integer("restarts", 1, "With --config: decompose each target from this "
                                  "many random starts and keep the one with the lowest loss.")
+_FIRST = flags.DEFINE_integer("first_start", 0, "With --restarts: run only starts first_start.."
+                              "restarts-1 (their losses compare with an earlier sweep's).")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "APD config (optional).")
 
 
@@ -57,7 +60,7 @@ def main(argv):
   if _CONFIG.value is not None:
     rows = sweep.apd_tms(tc, _CONFIG.value, params, seeds, _OFFSET.value, _SAVE.value,
                          from_ground_truth=_FROM_GT.value,
-                         restarts=_RESTARTS.value)
+                         restarts=_RESTARTS.value, first_start=_FIRST.value)
   print(f"TMS {n}-{tc.model.n_hidden}: every feature represented on "
         f"{sum(r['represented_features'] == n for r in rows)} of {len(rows)} seeds")
   for r in rows:

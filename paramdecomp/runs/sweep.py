@@ -61,7 +61,7 @@ def _tms_apd_inputs(tcfg, dcfg, params: dict):
 
 def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
             save: str | None = None, from_ground_truth: bool = False,
-            restarts: int = 1) -> list[dict]:
+            restarts: int = 1, first_start: int = 0) -> list[dict]:
   """APD (decomposition config `dcfg`, `decompose_apd`'s schema) on each stacked TMS target of
   `params` [S, ...]; per seed `apd_summary.tms_measures` (MMCS and ML2R, over all components
   and over those in use on a fresh batch; merged components and split features) and the final
@@ -73,10 +73,12 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
   (the first the usual one, the others keyed fold_in(key, 1000 + r)), all in the same vmapped
   program, and the row is the start with the lowest final loss (`restart`; every start's loss
   and MMCS in `restart_loss` and `restart_mmcs`): restarts chosen by APD's own objective, which
-  needs no ground truth. With `save`, also writes the targets' W [S, d, n], the components
+  needs no ground truth. `first_start` = F runs only starts F..R-1, to add starts to a sweep
+  already run: the rows' `loss_total` is measured on the same fixed batches, so the kept start
+  of each file compare across files. With `save`, also writes the targets' W [S, d, n], the components
   [S, C, d, n] and their use [S, C] (of the rows' starts) to that .npz file."""
-  if restarts < 1:
-    raise ValueError(f"restarts must be >= 1, got {restarts}")
+  if not 0 <= first_start < restarts:
+    raise ValueError(f"need 0 <= first_start < restarts, got {first_start} and {restarts}")
   apply, batch_fn = _tms_apd_inputs(tcfg, dcfg, params)
   opt = decompose_apd.optimizer(dcfg)
   update = apd.make_update(apply, dcfg.apd, batch_fn, opt)
@@ -94,7 +96,7 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
   # the runner's keys (runner._state): a sweep seed's first start is the run of that seed
   base = [jax.random.PRNGKey(s + seed_offset) for s in seeds]
   runs = [(i, k if r == 0 else jax.random.fold_in(k, 1000 + r))
-          for i, k in enumerate(base) for r in range(restarts)]
+          for i, k in enumerate(base) for r in range(first_start, restarts)]
   target_of = [i for i, _ in runs]
   run_params = jax.tree.map(lambda a: a[jnp.asarray(target_of)], params)
   states = stack([train.init_state(start(k, jax.tree.map(lambda a: a[i], params)), opt,
@@ -115,11 +117,12 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
                  **apd_summary.tms_measures(p["W"], comps, use),
                  **{f"loss_{k}": v for k, v in terms.items()}})
   out, kept_rows = [], []
-  for i in range(len(seeds)):   # runs are seed-major: seed i's starts are i*R .. i*R + R-1
-    mine = rows[i * restarts:(i + 1) * restarts]
+  n = restarts - first_start
+  for i in range(len(seeds)):   # runs are seed-major: seed i's starts are i*n .. i*n + n-1
+    mine = rows[i * n:(i + 1) * n]
     r = int(np.argmin([row["loss_total"] for row in mine]))
-    kept_rows.append(kept[i * restarts + r])
-    extra = {} if restarts == 1 else {"restart": r,
+    kept_rows.append(kept[i * n + r])
+    extra = {} if restarts == 1 else {"restart": first_start + r,
                                       "restart_loss": [row["loss_total"] for row in mine],
                                       "restart_mmcs": [row["mmcs"] for row in mine]}
     out.append({**mine[r], **extra})

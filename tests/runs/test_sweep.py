@@ -50,3 +50,8 @@ def test_restarts_keep_the_lowest_loss_start_of_each_target():
     assert len(set(r["restart_loss"])) == 3
     assert r["loss_total"] == min(r["restart_loss"])
     assert r["mmcs"] == r["restart_mmcs"][r["restart"]]
+  # a later sweep adding starts 1 and 2 reproduces them, and numbers its kept start as they are
+  later = sweep.apd_tms(tc, dc, params, [1, 2], restarts=3, first_start=1)
+  for r, l in zip(rows, later):
+    np.testing.assert_allclose(l["restart_loss"], r["restart_loss"][1:], rtol=1e-6)
+    assert l["restart"] == 1 + int(np.argmin(r["restart_loss"][1:]))
