@@ -8,6 +8,7 @@ cosine without warmup; importance minimality 3e-3 with p = 1 (5-2) / 1e-4 with p
 At 5-2 about half the starts merge two features into one subcomponent, a local minimum with a
 higher loss: decompose from three seeds and keep the lowest final loss with
 scripts/pick_restart.py (results/spd_tms.md: 3 of 3 targets at the paper's figures that way).
+The summary's `figure_count_*` use the paper figures' absolute cuts (spd_summary.figure_counts).
 """
 from paramdecomp.runs.decompose_spd import default_config
 
@@ -27,4 +28,6 @@ def get_config(variant: str = "5-2"):
                     stochastic_recon_layerwise_coeff=1.0, n_mask_samples=1))
   c.batch_size = 4096
   c.optim.update(dict(lr=1e-3, schedule="cosine", warmup_pct=0.0, steps=40_000))
+  if variant == "5-2-id":   # the cuts spd-paper's tms/plotting.py sets for its 5-2+ID figure
+    c.analysis.update(dict(figure_cut=0.03, figure_cut_hidden=0.0115))
   return c

@@ -22,9 +22,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.run = runner.run_config("steps", log_every=1000, checkpoint_every=5000,
                             steps_per_dispatch=100)
   # the summary: one-hot input value of the CI heatmaps, non-negligible norm (fraction of the
-  # weight's largest subcomponent norm), CI above which a subcomponent counts as active
+  # weight's largest subcomponent norm), CI above which a subcomponent counts as active; TMS:
+  # the absolute cuts of the SPD paper's figures (spd_summary.figure_counts)
   c.analysis = ml_collections.ConfigDict(dict(one_hot=0.75, negligible=0.01, active=0.5,
-                                              eval_batch=4096))
+                                              eval_batch=4096, figure_cut=0.017,
+                                              figure_cut_hidden=0.009))
   return c
 
 
@@ -34,7 +36,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   with cfglib.section("spd"):
     spd.validate(c.spd)
   cfglib.one_of(c, "optim.schedule", schedules.KINDS)
-  cfglib.positive(c, "batch_size", "optim.lr", "optim.steps", "analysis.eval_batch")
+  cfglib.positive(c, "batch_size", "optim.lr", "optim.steps", "analysis.eval_batch",
+                  "analysis.figure_cut", "analysis.figure_cut_hidden")
   runner.validate_run(c, "steps")
   cfglib.require(bool(c.target_dir), "target_dir", "is empty; name a scripts/train_toy.py run")
   sharding.validate_mesh(c, c.spd.C, f"C={c.spd.C} subcomponents")

@@ -1,10 +1,11 @@
 """SPD summary pieces against hand-built subcomponents: the ResidMLP W_out analysis (one per
-neuron, and mixed) and the norm ratios behind the non-negligible counts."""
+neuron, and mixed), the norm ratios behind the non-negligible counts, and the paper figures'
+absolute counts."""
 import numpy as np
 
 from paramdecomp.core import lowrank
 from paramdecomp.methods import spd
-from paramdecomp.runs.spd_summary import counts, norm_ratios, w_out_neurons
+from paramdecomp.runs.spd_summary import counts, figure_counts, norm_ratios, w_out_neurons
 
 
 def test_w_out_neurons_matches_active_subcomponents_to_firing_neurons():
@@ -40,3 +41,18 @@ def test_norm_ratios_and_counts_of_hand_built_subcomponents():
   state = spd.State(sub={"W": lowrank.Factors(U=U, V=V)}, ci=None)
   np.testing.assert_allclose(norm_ratios(state)["W"], [1.0, 0.5, 0.25, 0.02])
   assert counts(state, 0.01) == {"W": 4} and counts(state, 0.3) == {"W": 2}
+
+
+def test_figure_counts_sum_column_norms_over_features_and_cut_absolutely():
+  # W_c = u_c v_c^T [2, 3]: sum_f |W_c[:, f]| = |u_c| sum_f |v_cf|
+  U = np.array([[[3.0], [4.0]], [[0.006], [0.008]], [[0.0], [0.001]]])     # |u| = 5, 0.01, 0.001
+  V = np.array([[[1.0], [-1.0], [0.0]], [[1.0], [0.5], [-0.5]], [[1.0], [1.0], [1.0]]])
+  h = lowrank.Factors(U=np.array([[[1.0], [0.0]], [[0.0], [0.01]]]),   # |hidden_c|_F = 1, 0.01
+                      V=np.array([[[1.0], [0.0]], [[0.0], [1.0]]]))
+  state = spd.State(sub={"W": lowrank.Factors(U=U, V=V), "hidden": h}, ci=None)
+  out = figure_counts(state, cut=0.017, cut_hidden=0.009)
+  np.testing.assert_allclose(out["W_measure"], [10.0, 0.02, 0.003], rtol=1e-6)
+  np.testing.assert_allclose(out["hidden_measure"], [1.0, 0.01], rtol=1e-6)
+  assert (out["W"], out["hidden"]) == (2, 2)
+  out = figure_counts(state, cut=0.03, cut_hidden=0.0115)   # the reference's 5-2+ID cuts
+  assert (out["W"], out["hidden"]) == (1, 1)
