@@ -73,10 +73,11 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
   (the first the usual one, the others keyed fold_in(key, 1000 + r)), all in the same vmapped
   program, and the row is the start with the lowest final loss (`restart`; every start's loss
   and MMCS in `restart_loss` and `restart_mmcs`): restarts chosen by APD's own objective, which
-  needs no ground truth. `first_start` = F runs only starts F..R-1, to add starts to a sweep
-  already run: the rows' `loss_total` is measured on the same fixed batches, so the kept start
-  of each file compare across files. With `save`, also writes the targets' W [S, d, n], the components
-  [S, C, d, n] and their use [S, C] (of the rows' starts) to that .npz file."""
+  needs no ground truth. `first_start` = F runs only starts F..R-1 (`restart_loss` and
+  `restart_mmcs` then list those), to add starts to a sweep already run: `loss_total` is
+  measured on the same fixed batches, so kept starts compare across sweeps. With `save`, also
+  writes the targets' W [S, d, n], the components [S, C, d, n] and their use [S, C] (of the
+  rows' starts) to that .npz file."""
   if not 0 <= first_start < restarts:
     raise ValueError(f"need 0 <= first_start < restarts, got {first_start} and {restarts}")
   apply, batch_fn = _tms_apd_inputs(tcfg, dcfg, params)
