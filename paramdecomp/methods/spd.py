@@ -5,7 +5,8 @@ a sum of C rank-one subcomponents u_c v_c^T (`lowrank.Factors` with m = 1). A *s
 product the model makes with a decomposed weight: a weight used once is one site named by its
 path; a weight used k times (the tied TMS, whose decoder is ``h @ W``) gives sites 'path:0' ..
 'path:k-1', which share the subcomponents (the decoder's are the transposes of the encoder's)
-but have their own causal-importance functions and masks. With ``tied_updates='per_use'`` such a
+but have their own causal-importance functions and masks. With ``tied_updates='per_use'`` (the
+default; 'shared' keeps one parameter with one update of the summed gradient) such a
 weight's entry in the state is a tuple of k equal copies, one per site: each copy gets its own
 site's gradient and its own optimiser moments, and every copy moves by the sum of the k updates
 (the reference's tie: k Parameters on one storage, each updated by AdamW in turn).
@@ -96,10 +97,11 @@ def default_config() -> ml_collections.ConfigDict:
       out_recon_coeff=0.0,            # all subcomponents unmasked (m = 1)
       schatten_coeff=0.0,             # E sum g_up^p (|u_c|^2 + |v_c|^2)
       embedding_recon_coeff=0.0,      # stochastically masked embedding rows vs the target's
-      tied_updates="shared",          # a weight used at several sites (tied TMS): shared (one
-                                      # parameter, one update of the summed gradient) | per_use
-                                      # (the reference: one copy and optimiser state per site,
-                                      # the shared values moved by the sum of their updates)
+      tied_updates="per_use",         # a weight used at several sites (tied TMS): per_use
+                                      # (the reference, step for step: one copy and optimiser
+                                      # state per site, the shared values moved by the sum of
+                                      # their updates; fewer TMS 5-2 merges, results/spd_tms.md)
+                                      # | shared (one parameter, one update of the summed grad)
   ))
 
 

@@ -180,7 +180,7 @@ def test_init_makes_each_piece_the_projection_of_the_target_on_its_direction():
   params = _tms_id(jax.random.PRNGKey(4))
   cfg = _cfg(C=11, decompose=("W", "hidden"))
   st = spd.init(jax.random.PRNGKey(5), params, cfg, apply=tms.apply, x=jnp.zeros((2, 5)))
-  for path, f in st.sub.items():
+  for path, f in spd.shared(st.sub).items():
     w = params[path].reshape(f.U.shape[1], f.V.shape[1])
     v = f.V[..., 0]
     # W x contracts the input side V: the output side U carries the overlap, V is unit
@@ -221,7 +221,8 @@ def test_tms_id_identity_from_any_rank_one_pieces_with_full_importance_reconstru
 def _tied_states(key, cfg, x):
   """The tied TMS 5-2 target and one SPD init as a shared state and as its per-use twin."""
   params = tms.init(jax.random.PRNGKey(0), tms.model_config(5, 2))
-  st = spd.init(key, params, cfg, apply=tms.apply, x=x)
+  st = spd.init(key, params, _cfg(**{**cfg.to_dict(), "tied_updates": "shared"}),
+                apply=tms.apply, x=x)
   per_use = spd.init(key, params, _cfg(**{**cfg.to_dict(), "tied_updates": "per_use"}),
                      apply=tms.apply, x=x)
   return params, st, per_use
@@ -333,7 +334,7 @@ def test_vector_and_shared_ci_mlps_match_explicit_layers():
 def test_ci_functions_reach_v_through_the_inner_activations():
   params = _tms_id(jax.random.PRNGKey(9))
   cfg = _cfg(C=4, decompose=("W",), stochastic_recon_coeff=0.0,
-             stochastic_recon_layerwise_coeff=0.0, faithfulness_coeff=0.0)
+             stochastic_recon_layerwise_coeff=0.0, faithfulness_coeff=0.0, tied_updates="shared")
   x = jax.random.uniform(jax.random.PRNGKey(10), (8, 5))
   st = spd.init(jax.random.PRNGKey(11), params, cfg, apply=tms.apply, x=x)
   grads = jax.jit(jax.grad(lambda s: spd.loss(s, params, x, jax.random.PRNGKey(0),
@@ -399,7 +400,7 @@ def test_bad_inputs_fail_clearly():
   from paramdecomp.core.inputs import BatchShapeError
   from paramdecomp.core.lowrank import LowRank
   params = _tms_id(jax.random.PRNGKey(15))
-  cfg = _cfg(C=3, decompose=("W",))
+  cfg = _cfg(C=3, decompose=("W",), tied_updates="shared")
   with pytest.raises(ValueError, match="needs apply= and x="):
     spd.init(jax.random.PRNGKey(0), params, cfg)
   x = jnp.ones((4, 5))
