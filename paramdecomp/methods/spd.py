@@ -100,7 +100,7 @@ def default_config() -> ml_collections.ConfigDict:
       tied_updates="per_use",         # a weight used at several sites (tied TMS): per_use
                                       # (the reference, step for step: one copy and optimiser
                                       # state per site, the shared values moved by the sum of
-                                      # their updates; fewer TMS 5-2 merges, results/spd_tms.md)
+                                      # their updates; results/spd_tms.md)
                                       # | shared (one parameter, one update of the summed grad)
   ))
 
