@@ -69,13 +69,13 @@ def norm_ratios(state) -> dict:
   return {p: n / float(n[0]) for p, n in norms.items()}
 
 
-def figure_counts(state, cut: float, cut_hidden: float) -> dict:
+def figure_counts(mats: dict, cut: float, cut_hidden: float) -> dict:
   """The subcomponent counts of the SPD paper's TMS figures (spd-paper's
   `experiments/tms/plotting.py`): an encoder subcomponent W_c [hidden, features] counts where
   sum_f |W_c[:, f]| > `cut`, a hidden one where |hidden_c|_F > `cut_hidden`. The cuts are
   absolute, not relative to the largest: that code's defaults are 0.017 and 0.009, and its
-  5-2+ID figure sets 0.03 and 0.0115. Also the measures in falling order, to show the cut."""
-  mats = spd.subcomponents(state)
+  5-2+ID figure sets 0.03 and 0.0115. Also the measures in falling order, to show the cut.
+  mats: `spd.subcomponents` of the state."""
   col = np.sort(np.linalg.norm(np.asarray(mats["W"]), axis=1).sum(-1))[::-1]
   out = {"W": int((col > cut).sum()), "W_measure": col}
   if "hidden" in mats:
@@ -86,17 +86,18 @@ def figure_counts(state, cut: float, cut_hidden: float) -> dict:
 
 def tms_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
   w = params["W"]
-  mats = spd.subcomponents(state)["W"]
+  subs = spd.subcomponents(state)
+  mats = subs["W"]
   mmcs, ml2r = mmcs_ml2r(w, mats)
   out = dict(mmcs=float(mmcs), ml2r=float(ml2r), n_features=int(tcfg.model.n_features),
              represented_features=int((np.linalg.norm(np.asarray(w), axis=0) >= 0.5).sum()))
-  fig = figure_counts(state, c.analysis.figure_cut, c.analysis.figure_cut_hidden)
+  fig = figure_counts(subs, c.analysis.figure_cut, c.analysis.figure_cut_hidden)
   for p in ("W", "hidden"):
     if p in fig:   # the count, and the measures up to three past the cut
       out[f"figure_count_{p}"] = fig[p]
       out[f"figure_measure_{p}"] = [round(float(v), 4) for v in fig[f"{p}_measure"][:fig[p] + 3]]
   if "hidden" in state.sub:   # the identity: m1 subcomponents summing to I, CI ~1 everywhere
-    h = np.asarray(spd.subcomponents(state)["hidden"].sum(0))
+    h = np.asarray(subs["hidden"].sum(0))
     out["hidden_sum_error"] = float(np.abs(h - np.asarray(params["hidden"]).reshape(h.shape))
                                     .max())
   if w.shape[0] == 2 and jax.process_index() == 0:

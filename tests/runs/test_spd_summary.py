@@ -50,9 +50,9 @@ def test_figure_counts_sum_column_norms_over_features_and_cut_absolutely():
   h = lowrank.Factors(U=np.array([[[1.0], [0.0]], [[0.0], [0.01]]]),   # |hidden_c|_F = 1, 0.01
                       V=np.array([[[1.0], [0.0]], [[0.0], [1.0]]]))
   state = spd.State(sub={"W": lowrank.Factors(U=U, V=V), "hidden": h}, ci=None)
-  out = figure_counts(state, cut=0.017, cut_hidden=0.009)
+  out = figure_counts(spd.subcomponents(state), cut=0.017, cut_hidden=0.009)
   np.testing.assert_allclose(out["W_measure"], [10.0, 0.02, 0.003], rtol=1e-6)
   np.testing.assert_allclose(out["hidden_measure"], [1.0, 0.01], rtol=1e-6)
   assert (out["W"], out["hidden"]) == (2, 2)
-  out = figure_counts(state, cut=0.03, cut_hidden=0.0115)   # the reference's 5-2+ID cuts
+  out = figure_counts(spd.subcomponents(state), cut=0.03, cut_hidden=0.0115)   # the reference's 5-2+ID cuts
   assert (out["W"], out["hidden"]) == (1, 1)
