@@ -1,17 +1,24 @@
-"""How often a TMS target recipe, or APD on it, succeeds over many seeds, in one vmapped program
-(`paramdecomp.runs.sweep`): every seed's target, and with --config every seed's decomposition.
+"""How often a TMS target recipe, or APD or SPD on it, succeeds over many seeds, in one vmapped
+program (`paramdecomp.runs.sweep`): every seed's target, and with --config every seed's
+decomposition.
 
-  python scripts/sweep_tms_seeds.py --target=5-2 --seeds=10                     # targets only
-  python scripts/sweep_tms_seeds.py --target=5-2 --seeds=10 \\
+  python scripts/sweep_tms_seeds.py --target=paramdecomp/configs/tms.py:5-2 --seeds=10  # targets
+  python scripts/sweep_tms_seeds.py --target=paramdecomp/configs/tms.py:5-2 --seeds=10 \\
       --config=paramdecomp/configs/apd_tms.py:5-2 [--config.apd.exact_topk=True]
-  python scripts/sweep_tms_seeds.py --target=10-4 --seeds=3 \\
-      --config=paramdecomp/configs/apd_tms.py:10-4 --merge_costs=45              # no training
+  python scripts/sweep_tms_seeds.py --target=paramdecomp/configs/tms.py:10-4 --seeds=3 \\
+      --config=paramdecomp/configs/apd_tms.py:10-4 --merge_costs=45    # no training
 Prints, per seed, the features the target represents and (with --config) MMCS / ML2R; seed s
 trains target s and decomposes it with key s + --seed_offset, and gives the final loss terms;
 --from_ground_truth starts the decompositions at the targets' ground truth instead;
 --restarts=R decomposes each target from R random starts and keeps the lowest-loss one
-(--first_start=F runs only starts F..R-1, to add starts to an earlier sweep). With
---merge_costs=K it decomposes nothing: it prints APD's loss at each target's ground-truth
+(--first_start=F runs only starts F..R-1, to add starts to an earlier sweep; every start's
+loss, MMCS, merged and split are listed). An SPD config (its `method`) runs SPD instead, here
+on targets 0-2 from three starts each, stopped at 12k of the 40k steps (--steps):
+
+  python scripts/sweep_tms_seeds.py --target=paramdecomp/configs/tms.py:5-2 --seeds=3 \\
+      --restarts=3 --steps=12000 --config=paramdecomp/configs/spd_tms.py:5-2 \\
+      [--config.spd.tied_updates=shared]
+With --merge_costs=K it decomposes nothing: it prints APD's loss at each target's ground-truth
 decomposition and how much it rises when two features share a component, for K feature pairs.
 --paper_bias trains the targets from torch's default decoder bias (the paper's recipe) instead
 of zero.
@@ -41,7 +48,9 @@ _RESTARTS = flags.DEFINE_integer("restarts", 1, "With --config: decompose each t
                                  "many random starts and keep the one with the lowest loss.")
 _FIRST = flags.DEFINE_integer("first_start", 0, "With --restarts: run only starts first_start.."
                               "restarts-1 (their losses compare with an earlier sweep's).")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "APD config (optional).")
+_STEPS = flags.DEFINE_integer("steps", None, "With an SPD --config: stop each decomposition "
+                              "after this many steps of its schedule (default: all of it).")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "APD or SPD config (optional).")
 
 
 def main(argv):
@@ -57,7 +66,15 @@ def main(argv):
       raise app.UsageError("--merge_costs needs --config (the APD config whose loss to use)")
     return _print_merge_costs(sweep.apd_tms_merge_costs(tc, _CONFIG.value, params, seeds,
                                                         _MERGE.value), rep, n)
-  if _CONFIG.value is not None:
+  if _CONFIG.value is not None and _CONFIG.value.method == "spd":
+    if _SAVE.value or _FROM_GT.value:
+      raise app.UsageError("--save and --from_ground_truth are for APD configs")
+    rows = sweep.spd_tms(tc, _CONFIG.value, params, seeds, _OFFSET.value,
+                         restarts=_RESTARTS.value, first_start=_FIRST.value,
+                         steps=_STEPS.value)
+  elif _CONFIG.value is not None:
+    if _STEPS.value is not None:
+      raise app.UsageError("--steps is for SPD configs (an APD sweep runs its whole schedule)")
     rows = sweep.apd_tms(tc, _CONFIG.value, params, seeds, _OFFSET.value, _SAVE.value,
                          from_ground_truth=_FROM_GT.value,
                          restarts=_RESTARTS.value, first_start=_FIRST.value)
@@ -68,7 +85,9 @@ def main(argv):
                    else f"{k} {v}" for k, v in r.items()))
   if _CONFIG.value is not None:
     mm = np.array([r["mmcs"] for r in rows])
-    print(f"MMCS >= 0.99 on {(mm >= 0.99).sum()} of {len(mm)}, >= 0.98 on {(mm >= 0.98).sum()}")
+    print(f"MMCS >= 0.99 on {(mm >= 0.99).sum()} of {len(mm)}, >= 0.98 on {(mm >= 0.98).sum()}; "
+          f"with merged subcomponents {sum(r['merged'] > 0 for r in rows)}, with split features "
+          f"{sum(r['split'] > 0 for r in rows)}")
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       json.dump(rows, f, indent=2)

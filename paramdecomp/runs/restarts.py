@@ -23,6 +23,17 @@ def fixed_batches(batch_fn, n: int) -> list:
   return [batch_fn(jax.random.PRNGKey(1000 + i)) for i in range(n)]
 
 
+def fixed_loss(loss, comps, params, batch_fn, n: int) -> dict:
+  """{'loss': total, **metrics} of ``loss(comps, params, x, key) -> (total, metrics)`` averaged
+  over the `fixed_batches` x_i and the fixed loss keys PRNGKey(2000 + i), i < n: a stochastic
+  loss (SPD's masks) is then the same function for every run it compares."""
+  acc = []
+  for i, x in enumerate(fixed_batches(batch_fn, n)):
+    total, metrics = loss(comps, params, x, jax.random.PRNGKey(2000 + i))
+    acc.append({"loss": total, **metrics})
+  return {k: float(np.mean([float(a[k]) for a in acc])) for k in acc[0]}
+
+
 def final_losses(workdirs: list[str], n_batches: int = 20) -> list[dict]:
   """Per run (in `workdirs` order): its workdir, step and the mean over `n_batches` fixed
   batches and loss keys (batch keys 1000 + i, loss keys 2000 + i, the same for every run) of
@@ -46,11 +57,8 @@ def final_losses(workdirs: list[str], n_batches: int = 20) -> list[dict]:
     loss = jax.jit(lambda s, p, x, k, m=spec.method, plan=plan: m.loss(
         s, p, x, k, apply=plan.apply, cfg=plan.phases[-1].cfg))
     data = () if plan.data is None else (plan.data,)
-    acc = []
-    for i, x in enumerate(fixed_batches(lambda k: plan.batch_fn(k, *data), n_batches)):
-      total, metrics = loss(state.params, plan.params, x, jax.random.PRNGKey(2000 + i))
-      acc.append({"loss": total, **metrics})
-    mean = {k: float(np.mean([float(a[k]) for a in acc])) for k in acc[0]}
+    mean = fixed_loss(loss, state.params, plan.params, lambda k: plan.batch_fn(k, *data),
+                      n_batches)
     rows.append({"workdir": w, "seed": int(c.seed), "step": int(state.step), **mean})
   return rows
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paramdecomp.core.metrics import mmcs_ml2r
+from paramdecomp.core.metrics import mmcs_ml2r, share_structure
 from paramdecomp.methods import spd
 from paramdecomp.runs import figures
 
@@ -84,18 +84,28 @@ def figure_counts(mats: dict, cut: float, cut_hidden: float) -> dict:
   return out
 
 
+def tms_measures(w, subs: dict, c) -> dict:
+  """Of the subcomponents `subs` (`spd.subcomponents`) of a TMS target with encoder W [h, n]:
+  MMCS / ML2R, `share_structure`'s merged subcomponents and split features, and the paper
+  figures' counts at c.analysis's cuts (`figure_count_*`, with `figure_measure_*` up to three
+  past the cut)."""
+  mmcs, ml2r = mmcs_ml2r(w, subs["W"])
+  out = dict(mmcs=float(mmcs), ml2r=float(ml2r), **share_structure(w, subs["W"]))
+  fig = figure_counts(subs, c.analysis.figure_cut, c.analysis.figure_cut_hidden)
+  for p in ("W", "hidden"):
+    if p in fig:
+      out[f"figure_count_{p}"] = fig[p]
+      out[f"figure_measure_{p}"] = [round(float(v), 4) for v in fig[f"{p}_measure"][:fig[p] + 3]]
+  return out
+
+
 def tms_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
   w = params["W"]
   subs = spd.subcomponents(state)
   mats = subs["W"]
-  mmcs, ml2r = mmcs_ml2r(w, mats)
-  out = dict(mmcs=float(mmcs), ml2r=float(ml2r), n_features=int(tcfg.model.n_features),
+  out = dict(tms_measures(w, subs, c), n_features=int(tcfg.model.n_features),
              represented_features=int((np.linalg.norm(np.asarray(w), axis=0) >= 0.5).sum()))
-  fig = figure_counts(subs, c.analysis.figure_cut, c.analysis.figure_cut_hidden)
-  for p in ("W", "hidden"):
-    if p in fig:   # the count, and the measures up to three past the cut
-      out[f"figure_count_{p}"] = fig[p]
-      out[f"figure_measure_{p}"] = [round(float(v), 4) for v in fig[f"{p}_measure"][:fig[p] + 3]]
+  mmcs, ml2r = out["mmcs"], out["ml2r"]
   if "hidden" in state.sub:   # the identity: m1 subcomponents summing to I, CI ~1 everywhere
     h = np.asarray(subs["hidden"].sum(0))
     out["hidden_sum_error"] = float(np.abs(h - np.asarray(params["hidden"]).reshape(h.shape))

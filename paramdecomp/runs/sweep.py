@@ -1,7 +1,7 @@
-"""Seed sweeps in one program: the same target recipe or APD run for many seeds at once, the
+"""Seed sweeps in one program: the same target recipe, APD or SPD run for many seeds at once, the
 seeds stacked on a leading axis and every step vmapped over them (a small toy is dispatch-bound,
 so S seeds cost about as much as one). For measuring how often a recipe succeeds; the runs of
-record go through the runner (`decompose_apd`, `targets.train_target`)."""
+record go through the runner (`decompose_apd`, `decompose_spd`, `targets.train_target`)."""
 from __future__ import annotations
 
 import functools
@@ -12,9 +12,9 @@ import numpy as np
 import optax
 
 from paramdecomp.core import lowrank, schedules, train
-from paramdecomp.methods import apd
-from paramdecomp.runs import apd_summary, decompose_apd, targets
-from paramdecomp.runs.restarts import fixed_batches
+from paramdecomp.methods import apd, spd
+from paramdecomp.runs import apd_summary, decompose_apd, decompose_spd, spd_summary, targets
+from paramdecomp.runs.restarts import fixed_batches, fixed_loss
 from paramdecomp.toy_models import registry, tms
 
 
@@ -52,6 +52,39 @@ def tms_targets(c, seeds) -> dict:
   return run_steps(update, states, stack([{} for _ in seeds]), c.optim.steps).params
 
 
+def _starts(seeds, seed_offset: int, restarts: int, first_start: int) -> list:
+  """[(index of the target in the stack, key)] of every start, seed-major. The runner's keys
+  (runner._state): a seed's first start is the runner's run of seed + seed_offset; start r > 0
+  is keyed fold_in(key, 1000 + r). Only starts first_start..restarts-1."""
+  if not 0 <= first_start < restarts:
+    raise ValueError(f"need 0 <= first_start < restarts, got {first_start} and {restarts}")
+  base = [jax.random.PRNGKey(s + seed_offset) for s in seeds]
+  return [(i, k if r == 0 else jax.random.fold_in(k, 1000 + r))
+          for i, k in enumerate(base) for r in range(first_start, restarts)]
+
+
+def _of_runs(params, runs):
+  """The stacked targets `params` [S, ...] repeated for the starts `runs` [R, ...]."""
+  return jax.tree.map(lambda a: a[jnp.asarray([i for i, _ in runs])], params)
+
+
+def _keep_lowest(rows: list[dict], n_seeds: int, restarts: int, first_start: int):
+  """(per seed the row of its start with the lowest `loss_total`, with the restart fields when
+  restarts > 1; the indices of those rows). `rows` are seed-major, as `_starts` orders them."""
+  out, picks = [], []
+  n = restarts - first_start
+  for i in range(n_seeds):   # seed i's starts are i*n .. i*n + n-1
+    mine = rows[i * n:(i + 1) * n]
+    r = int(np.argmin([row["loss_total"] for row in mine]))
+    picks.append(i * n + r)
+    extra = {} if restarts == 1 else {"restart": first_start + r,
+                                      **{f"restart_{k}": [row[f] for row in mine]
+                                         for k, f in (("loss", "loss_total"), ("mmcs", "mmcs"),
+                                                      ("merged", "merged"), ("split", "split"))}}
+    out.append({**mine[r], **extra})
+  return out, picks
+
+
 def _tms_apd_inputs(tcfg, dcfg, params: dict):
   """(apply, batch_fn) of the stacked TMS targets `params` for APD config `dcfg`."""
   target = registry.of(tcfg.model)
@@ -71,15 +104,14 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
   of the random init: where such a run ends shows whether the clean answer is a minimum the
   random starts miss. With `restarts` = R > 1, each target is decomposed from R random starts
   (the first the usual one, the others keyed fold_in(key, 1000 + r)), all in the same vmapped
-  program, and the row is the start with the lowest final loss (`restart`; every start's loss
-  and MMCS in `restart_loss` and `restart_mmcs`): restarts chosen by APD's own objective, which
-  needs no ground truth. `first_start` = F runs only starts F..R-1 (`restart_loss` and
-  `restart_mmcs` then list those), to add starts to a sweep already run: `loss_total` is
-  measured on the same fixed batches, so kept starts compare across sweeps. With `save`, also
+  program, and the row is the start with the lowest final loss (`restart`; every start's loss,
+  MMCS, merged and split in `restart_loss`, `restart_mmcs`, `restart_merged`,
+  `restart_split`): restarts chosen by APD's own objective, which needs no ground truth.
+  `first_start` = F runs only starts F..R-1 (the `restart_*` lists then hold those), to add
+  starts to a sweep already run: `loss_total` is measured on the same fixed batches, so kept
+  starts compare across sweeps. With `save`, also
   writes the targets' W [S, d, n], the components [S, C, d, n] and their use [S, C] (of the
   rows' starts) to that .npz file."""
-  if not 0 <= first_start < restarts:
-    raise ValueError(f"need 0 <= first_start < restarts, got {first_start} and {restarts}")
   apply, batch_fn = _tms_apd_inputs(tcfg, dcfg, params)
   opt = decompose_apd.optimizer(dcfg)
   update = apd.make_update(apply, dcfg.apd, batch_fn, opt)
@@ -94,12 +126,8 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
       st = apd.State({"W": jax.tree.map(lambda g, r: g.at[n:].set(1e-3 * r[n:]), gt, rand)})
     return st
 
-  # the runner's keys (runner._state): a sweep seed's first start is the run of that seed
-  base = [jax.random.PRNGKey(s + seed_offset) for s in seeds]
-  runs = [(i, k if r == 0 else jax.random.fold_in(k, 1000 + r))
-          for i, k in enumerate(base) for r in range(first_start, restarts)]
-  target_of = [i for i, _ in runs]
-  run_params = jax.tree.map(lambda a: a[jnp.asarray(target_of)], params)
+  runs = _starts(seeds, seed_offset, restarts, first_start)
+  run_params = _of_runs(params, runs)
   states = stack([train.init_state(start(k, jax.tree.map(lambda a: a[i], params)), opt,
                                    jax.random.fold_in(k, 1))
                   for i, k in runs])
@@ -117,20 +145,53 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
     rows.append({"seed": seeds[i], "represented_features": int(tms.represented_features(p).sum()),
                  **apd_summary.tms_measures(p["W"], comps, use),
                  **{f"loss_{k}": v for k, v in terms.items()}})
-  out, kept_rows = [], []
-  n = restarts - first_start
-  for i in range(len(seeds)):   # runs are seed-major: seed i's starts are i*n .. i*n + n-1
-    mine = rows[i * n:(i + 1) * n]
-    r = int(np.argmin([row["loss_total"] for row in mine]))
-    kept_rows.append(kept[i * n + r])
-    extra = {} if restarts == 1 else {"restart": first_start + r,
-                                      "restart_loss": [row["loss_total"] for row in mine],
-                                      "restart_mmcs": [row["mmcs"] for row in mine]}
-    out.append({**mine[r], **extra})
+  out, picks = _keep_lowest(rows, len(seeds), restarts, first_start)
   if save:
+    kept_rows = [kept[j] for j in picks]
     w, comps, use = (np.stack([np.asarray(k[j]) for k in kept_rows]) for j in range(3))
     np.savez(save, W=w, components=comps, use=use, seeds=np.asarray(seeds))
   return out
+
+
+def spd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0, restarts: int = 1,
+            first_start: int = 0, steps: int | None = None) -> list[dict]:
+  """SPD (decomposition config `dcfg`, `decompose_spd`'s schema) on each stacked TMS target of
+  `params` [S, ...], every start in one vmapped program; per seed `spd_summary.tms_measures`
+  (MMCS / ML2R, merged and split, the paper figures' counts), `count_*` (non-negligible
+  subcomponents per weight at dcfg.analysis.negligible) and the final loss terms (`loss_` +
+  term: `restarts.fixed_loss` over 20 fixed batches and mask keys). `restarts`, `first_start`
+  and `seed_offset` as in `apd_tms`: a seed's first start is the runner's run of seed +
+  seed_offset (`decompose_spd` on that target), and with R > 1 the row is the start of lowest
+  loss. `steps`: stop after that many steps of the config's schedule (all of it by default),
+  e.g. to count merges once they have settled without paying for the whole schedule."""
+  steps = dcfg.optim.steps if steps is None else steps
+  if not 0 <= steps <= dcfg.optim.steps:
+    raise ValueError(f"steps={steps} is outside the schedule's 0..{dcfg.optim.steps}")
+  target = registry.of(tcfg.model)
+  apply, _ = target.decomposable(tcfg.model, jax.tree.map(lambda a: a[0], params))
+  batch_fn = lambda k: target.batch(k, tcfg, dcfg.batch_size)
+  cfg, opt = decompose_spd.method_config(dcfg), decompose_spd.optimizer(dcfg)
+  update = spd.make_update(apply, cfg, batch_fn, opt)
+  x = jax.eval_shape(batch_fn, jax.random.PRNGKey(0))
+  runs = _starts(seeds, seed_offset, restarts, first_start)
+  run_params = _of_runs(params, runs)
+  states = stack([train.init_state(
+      spd.init(jax.random.fold_in(k, 0), jax.tree.map(lambda a: a[i], params), cfg,
+               apply=apply, x=x), opt, jax.random.fold_in(k, 1)) for i, k in runs])
+  chunk = next(c for c in (500, 100, 20, 10, 5, 1) if steps % c == 0)
+  states = run_steps(update, states, run_params, steps, chunk)
+  loss = jax.jit(lambda s, p, x, k: spd.loss(s, p, x, k, apply=apply, cfg=cfg))
+  rows = []
+  for j, (i, _) in enumerate(runs):
+    p, st = jax.tree.map(lambda a: a[i], params), jax.tree.map(lambda a: a[j], states.params)
+    terms = fixed_loss(loss, st, p, batch_fn, 20)
+    rows.append({"seed": seeds[i], "represented_features": int(tms.represented_features(p).sum()),
+                 **spd_summary.tms_measures(p["W"], spd.subcomponents(st), dcfg),
+                 **{f"count_{k}": v for k, v in spd_summary.counts(st, dcfg.analysis.negligible)
+                    .items()},
+                 "loss_total": terms.pop("loss"),
+                 **{f"loss_{k}": v for k, v in terms.items() if "/" not in k}})
+  return _keep_lowest(rows, len(seeds), restarts, first_start)[0]
 
 
 def apd_tms_merge_costs(tcfg, dcfg, params: dict, seeds, n_pairs: int,

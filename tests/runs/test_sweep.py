@@ -1,9 +1,11 @@
-"""A vmapped seed sweep trains each seed's target as the runner does (cross-path agreement)."""
+"""A vmapped seed sweep trains and decomposes each seed's target as the runner does (cross-path
+agreement)."""
 import numpy as np
+import pytest
 
-from paramdecomp.configs import apd_tms
+from paramdecomp.configs import apd_tms, spd_tms
 from paramdecomp.configs import tms as tms_configs
-from paramdecomp.runs import sweep, targets
+from paramdecomp.runs import decompose_spd, restarts, sweep, targets
 
 
 def test_sweep_targets_match_train_target_seed_by_seed(tmp_path):
@@ -50,8 +52,38 @@ def test_restarts_keep_the_lowest_loss_start_of_each_target():
     assert len(set(r["restart_loss"])) == 3
     assert r["loss_total"] == min(r["restart_loss"])
     assert r["mmcs"] == r["restart_mmcs"][r["restart"]]
+    assert r["merged"] == r["restart_merged"][r["restart"]]
   # a later sweep adding starts 1 and 2 reproduces them, and numbers its kept start as they are
   later = sweep.apd_tms(tc, dc, params, [1, 2], restarts=3, first_start=1)
   for r, l in zip(rows, later):
     np.testing.assert_allclose(l["restart_loss"], r["restart_loss"][1:], rtol=1e-6)
     assert l["restart"] == 1 + int(np.argmin(r["restart_loss"][1:]))
+
+
+def test_an_spd_sweeps_first_start_is_the_runners_run_of_that_seed(tmp_path):
+  """sweep.spd_tms on a saved target against decompose_spd on it (cross-path): the seed's first
+  start ends where the runner's run of that seed ends (same MMCS, subcomponent counts and loss
+  on the fixed batches and mask keys of restarts.final_losses); a second start differs, and
+  stopping early is the first steps of the same schedule."""
+  tc = tms_configs.get_config("5-2")
+  tc.seed, tc.optim.steps, tc.run.steps_per_dispatch, tc.run.log_every = 1, 500, 500, 0
+  tdir, wdir = str(tmp_path / "target"), str(tmp_path / "spd")
+  targets.train_target(tc, tdir)
+  dc = spd_tms.get_config("5-2")
+  dc.target_dir, dc.seed, dc.batch_size, dc.spd.C = tdir, 1, 256, 8
+  dc.optim.steps, dc.run.steps_per_dispatch, dc.run.checkpoint_every = 40, 20, 40
+  summary = decompose_spd.decompose(dc, wdir)
+  _, _, raw = targets.load_target(tdir)
+  params = sweep.stack([raw])
+  (row,) = sweep.spd_tms(tc, dc, params, [1])
+  runner, = restarts.final_losses([wdir])
+  np.testing.assert_allclose(row["loss_total"], runner["loss"], rtol=1e-6)
+  np.testing.assert_allclose([row["mmcs"], row["ml2r"]], [summary["mmcs"], summary["ml2r"]],
+                             rtol=1e-6)
+  assert row["count_W"] == summary["non_negligible"]["W"]
+  two, = sweep.spd_tms(tc, dc, params, [1], restarts=2)
+  assert two["restart_loss"][0] == row["loss_total"] != two["restart_loss"][1]
+  early, = sweep.spd_tms(tc, dc, params, [1], steps=20)
+  assert early["loss_total"] != row["loss_total"]
+  with pytest.raises(ValueError, match="steps=41"):
+    sweep.spd_tms(tc, dc, params, [1], steps=41)
