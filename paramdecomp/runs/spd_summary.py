@@ -121,16 +121,21 @@ def tms_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
 
 def resid_mlp_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
   """Per layer: W_in subcomponents active (CI > analysis.active) on each one-hot input, W_out
-  subcomponents active on every one-hot input; each feature's summed neuron contribution of
-  its best W_in subcomponent (W_out at the sum of its subcomponents) against the target's."""
+  subcomponents active on every one-hot input and against the neurons the target fires there
+  (its pre-activations on the one-hot input, earlier layers included); each feature's summed
+  neuron contribution of its best W_in subcomponent (W_out at the sum of its subcomponents)
+  against the target's, both read through the embedding alone (the direct path)."""
   act = c.analysis.active
   out, target_nc, spd_nc = {}, [], []
   mats = spd.subcomponents(state)
   w_e = np.asarray(params["W_E"])
   n = w_e.shape[1]
+  resid = c.analysis.one_hot * w_e.T          # [n, d_resid]: the target's stream on e_f
   for i in sorted(params["layers"], key=int):
     p_in, p_out = f"layers/{i}/W_in", f"layers/{i}/W_out"
     w_in, w_out = np.asarray(params["layers"][i]["W_in"]), np.asarray(params["layers"][i]["W_out"])
+    pre = resid @ w_in.T                                             # [n, d_mlp]
+    resid = resid + np.maximum(pre, 0) @ w_out.T
     if p_in in ci:
       on = ci[p_in] > act                                            # [n, C]
       out[f"{p_in}/per_feature"] = [int(k) for k in on.sum(1)]
@@ -139,7 +144,6 @@ def resid_mlp_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
     if p_out in ci:
       out[f"{p_out}/active_on_every_input"] = int((ci[p_out] > act).all(0).sum())
     if p_out in ci and p_out in mats:
-      pre = c.analysis.one_hot * (w_in @ w_e).T                       # [n, d_mlp]
       out.update({f"{p_out}/{k}": v for k, v in
                   w_out_neurons(ci[p_out] > act, np.asarray(mats[p_out]), pre).items()})
     if p_in in mats and p_out in mats:

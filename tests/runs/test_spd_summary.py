@@ -1,11 +1,13 @@
 """SPD summary pieces against hand-built subcomponents: the ResidMLP W_out analysis (one per
 neuron, and mixed), the norm ratios behind the non-negligible counts, and the paper figures'
-absolute counts."""
+absolute counts, and a later ResidMLP layer's firing neurons."""
+import ml_collections
 import numpy as np
 
 from paramdecomp.core import lowrank
 from paramdecomp.methods import spd
-from paramdecomp.runs.spd_summary import counts, figure_counts, norm_ratios, w_out_neurons
+from paramdecomp.runs.spd_summary import (counts, figure_counts, norm_ratios, resid_mlp_analysis,
+                                          w_out_neurons)
 
 
 def test_w_out_neurons_matches_active_subcomponents_to_firing_neurons():
@@ -56,3 +58,20 @@ def test_figure_counts_sum_column_norms_over_features_and_cut_absolutely():
   assert (out["W"], out["hidden"]) == (2, 2)
   out = figure_counts(spd.subcomponents(state), cut=0.03, cut_hidden=0.0115)   # the reference's 5-2+ID cuts
   assert (out["W"], out["hidden"]) == (1, 1)
+
+
+def test_resid_mlp_analysis_reads_later_layers_neurons_from_the_whole_stream(tmp_path):
+  """Two layers, W_E = I: layer 0's neuron fires on e_0 and writes -5 into the direction layer
+  1's neuron reads, so layer 1 fires on e_1 alone (through the embedding alone it would fire on
+  both). Its one W_out subcomponent is active on e_1 alone: equal to the firing on both inputs."""
+  params = {"W_E": np.eye(2), "layers": {
+      "0": {"W_in": np.array([[1.0, 0.0]]), "W_out": np.array([[0.0], [-5.0]])},
+      "1": {"W_in": np.array([[1.0, 1.0]]), "W_out": np.array([[1.0], [0.0]])}}}
+  one = lambda: lowrank.Factors(U=np.array([[[1.0], [0.0]]]), V=np.ones((1, 1, 1)))
+  state = spd.State(sub={"layers/0/W_out": one(), "layers/1/W_out": one()}, ci=None)
+  ci = {"layers/0/W_out": np.array([[1.0], [0.0]]), "layers/1/W_out": np.array([[0.0], [1.0]])}
+  c = ml_collections.ConfigDict(dict(analysis=dict(active=0.5, one_hot=1.0)))
+  out = resid_mlp_analysis(c, params, state, None, ci, str(tmp_path))
+  for layer in ("0", "1"):
+    assert out[f"layers/{layer}/W_out/firing_neurons_per_input"] == 0.5
+    assert out[f"layers/{layer}/W_out/inputs_active_equal_firing"] == 2
