@@ -124,13 +124,16 @@ def resid_mlp_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
   subcomponents active on every one-hot input and against the neurons the target fires there
   (its pre-activations on the one-hot input, earlier layers included); each feature's summed
   neuron contribution of its best W_in subcomponent (W_out at the sum of its subcomponents)
-  against the target's, both read through the embedding alone (the direct path)."""
+  against the target's, both read through the embedding alone (the direct path). With several
+  layers also `all_layers/`: W_in subcomponents active per feature and W_out subcomponents active
+  on every input, summed over the layers (the paper's 2- and 3-layer results span layers)."""
   act = c.analysis.active
   out, target_nc, spd_nc = {}, [], []
   mats = spd.subcomponents(state)
   w_e = np.asarray(params["W_E"])
   n = w_e.shape[1]
   resid = c.analysis.one_hot * w_e.T          # [n, d_resid]: the target's stream on e_f
+  in_all, out_every = np.zeros(n, int), 0      # summed over the layers (the paper's 2L / 3L view)
   for i in sorted(params["layers"], key=int):
     p_in, p_out = f"layers/{i}/W_in", f"layers/{i}/W_out"
     w_in, w_out = np.asarray(params["layers"][i]["W_in"]), np.asarray(params["layers"][i]["W_out"])
@@ -138,11 +141,13 @@ def resid_mlp_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
     resid = resid + np.maximum(pre, 0) @ w_out.T
     if p_in in ci:
       on = ci[p_in] > act                                            # [n, C]
+      in_all = in_all + on.sum(1)
       out[f"{p_in}/per_feature"] = [int(k) for k in on.sum(1)]
       out[f"{p_in}/features_with_one"] = int((on.sum(1) == 1).sum())
       out[f"{p_in}/distinct"] = int(len({int(np.argmax(r)) for r in ci[p_in]}))
     if p_out in ci:
       out[f"{p_out}/active_on_every_input"] = int((ci[p_out] > act).all(0).sum())
+      out_every += out[f"{p_out}/active_on_every_input"]
     if p_out in ci and p_out in mats:
       out.update({f"{p_out}/{k}": v for k, v in
                   w_out_neurons(ci[p_out] > act, np.asarray(mats[p_out]), pre).items()})
@@ -154,6 +159,10 @@ def resid_mlp_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
         target_nc.append(read * (w_in @ w_e[:, f]))
         cand = (w_e[:, f] @ full_out) * (sub_in @ w_e[:, f])         # [C, d_mlp]
         spd_nc.append(cand[np.argmax(cand.sum(1))])
+  if len(params["layers"]) > 1:
+    out["all_layers/W_in_per_feature"] = [int(k) for k in in_all]
+    out["all_layers/W_in_features_with_one"] = int((in_all == 1).sum())
+    out["all_layers/W_out_active_on_every_input"] = out_every
   if target_nc:
     t, s = np.concatenate(target_nc), np.concatenate(spd_nc)
     out["contribution_slope"] = float(t @ s / max(t @ t, 1e-30))

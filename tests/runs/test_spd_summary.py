@@ -63,15 +63,20 @@ def test_figure_counts_sum_column_norms_over_features_and_cut_absolutely():
 def test_resid_mlp_analysis_reads_later_layers_neurons_from_the_whole_stream(tmp_path):
   """Two layers, W_E = I: layer 0's neuron fires on e_0 and writes -5 into the direction layer
   1's neuron reads, so layer 1 fires on e_1 alone (through the embedding alone it would fire on
-  both). Its one W_out subcomponent is active on e_1 alone: equal to the firing on both inputs."""
+  both). Its one W_out subcomponent is active on e_1 alone: equal to the firing on both inputs. W_in: e_0 has one subcomponent over the layers, e_1 two."""
   params = {"W_E": np.eye(2), "layers": {
       "0": {"W_in": np.array([[1.0, 0.0]]), "W_out": np.array([[0.0], [-5.0]])},
       "1": {"W_in": np.array([[1.0, 1.0]]), "W_out": np.array([[1.0], [0.0]])}}}
   one = lambda: lowrank.Factors(U=np.array([[[1.0], [0.0]]]), V=np.ones((1, 1, 1)))
   state = spd.State(sub={"layers/0/W_out": one(), "layers/1/W_out": one()}, ci=None)
-  ci = {"layers/0/W_out": np.array([[1.0], [0.0]]), "layers/1/W_out": np.array([[0.0], [1.0]])}
+  ci = {"layers/0/W_out": np.array([[1.0], [0.0]]), "layers/1/W_out": np.array([[0.0], [1.0]]),
+        "layers/0/W_in": np.array([[0.9, 0.0], [0.0, 0.0]]),    # e_0: one in layer 0,
+        "layers/1/W_in": np.array([[0.0, 0.0], [0.9, 0.8]])}    # e_1: two in layer 1
   c = ml_collections.ConfigDict(dict(analysis=dict(active=0.5, one_hot=1.0)))
   out = resid_mlp_analysis(c, params, state, None, ci, str(tmp_path))
   for layer in ("0", "1"):
     assert out[f"layers/{layer}/W_out/firing_neurons_per_input"] == 0.5
     assert out[f"layers/{layer}/W_out/inputs_active_equal_firing"] == 2
+  assert out["all_layers/W_in_per_feature"] == [1, 2]
+  assert out["all_layers/W_in_features_with_one"] == 1
+  assert out["all_layers/W_out_active_on_every_input"] == 0
