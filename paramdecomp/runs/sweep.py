@@ -109,9 +109,8 @@ def apd_tms(tcfg, dcfg, params: dict, seeds, seed_offset: int = 0,
   `restart_split`): restarts chosen by APD's own objective, which needs no ground truth.
   `first_start` = F runs only starts F..R-1 (the `restart_*` lists then hold those), to add
   starts to a sweep already run: `loss_total` is measured on the same fixed batches, so kept
-  starts compare across sweeps. With `save`, also
-  writes the targets' W [S, d, n], the components [S, C, d, n] and their use [S, C] (of the
-  rows' starts) to that .npz file."""
+  starts compare across sweeps. With `save`, also writes the targets' W [S, d, n], the
+  components [S, C, d, n] and their use [S, C] (of the rows' starts) to that .npz file."""
   apply, batch_fn = _tms_apd_inputs(tcfg, dcfg, params)
   opt = decompose_apd.optimizer(dcfg)
   update = apd.make_update(apply, dcfg.apd, batch_fn, opt)
