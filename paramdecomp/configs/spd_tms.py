@@ -6,10 +6,10 @@ Variants: 5-2, 40-10, 5-2-id, 40-10-id (the +ID targets' identity layer 'hidden'
 too). C = 20 (5-2) / 200 (40-10, the code's value), d_gate 16, batch 4096, 40k steps, lr 1e-3
 cosine without warmup; importance minimality 3e-3 with p = 1 (5-2) / 1e-4 with p = 2 (40-10).
 At 5-2 some starts merge two features into one subcomponent, a local minimum with a higher
-loss (about half of them with one shared update of the tied W; with the reference's per-use
-updates, the default now, 0 of 6 and the reference itself 1 of 8 on the targets that merge most):
-to be safe, decompose from three seeds and keep the lowest final loss with
-scripts/pick_restart.py (results/spd_tms.md: 3 of 3 targets at the paper's figures that way).
+loss (about 1 start in 6 with either tie of W, the reference itself 1 of 8; the reference's
+per-use tied updates, the default, leave smaller leftovers): to be safe, decompose from three
+seeds and keep the lowest final loss with scripts/pick_restart.py, or sweep starts with
+scripts/sweep_tms_seeds.py (results/spd_tms.md: every target clean that way so far).
 The summary's `figure_count_*` use the paper figures' absolute cuts (spd_summary.figure_counts).
 """
 from paramdecomp.runs.decompose_spd import default_config
