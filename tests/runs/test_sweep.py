@@ -62,9 +62,8 @@ def test_restarts_keep_the_lowest_loss_start_of_each_target():
 
 def test_an_spd_sweeps_first_start_is_the_runners_run_of_that_seed(tmp_path):
   """sweep.spd_tms on a saved target against decompose_spd on it (cross-path): the seed's first
-  start ends where the runner's run of that seed ends (same MMCS, subcomponent counts and loss
-  on the fixed batches and mask keys of restarts.final_losses); a second start differs, and
-  stopping early is the first steps of the same schedule."""
+  start ends where the runner's run of that seed ends (same MMCS, and the same loss on the
+  fixed batches and mask keys of restarts.final_losses); a second start differs."""
   tc = tms_configs.get_config("5-2")
   tc.seed, tc.optim.steps, tc.run.steps_per_dispatch, tc.run.log_every = 1, 500, 500, 0
   tdir, wdir = str(tmp_path / "target"), str(tmp_path / "spd")
@@ -75,15 +74,10 @@ def test_an_spd_sweeps_first_start_is_the_runners_run_of_that_seed(tmp_path):
   summary = decompose_spd.decompose(dc, wdir)
   _, _, raw = targets.load_target(tdir)
   params = sweep.stack([raw])
-  (row,) = sweep.spd_tms(tc, dc, params, [1])
+  (row,) = sweep.spd_tms(tc, dc, params, [1], restarts=2)
   runner, = restarts.final_losses([wdir])
-  np.testing.assert_allclose(row["loss_total"], runner["loss"], rtol=1e-6)
-  np.testing.assert_allclose([row["mmcs"], row["ml2r"]], [summary["mmcs"], summary["ml2r"]],
-                             rtol=1e-6)
-  assert row["count_W"] == summary["non_negligible"]["W"]
-  two, = sweep.spd_tms(tc, dc, params, [1], restarts=2)
-  assert two["restart_loss"][0] == row["loss_total"] != two["restart_loss"][1]
-  early, = sweep.spd_tms(tc, dc, params, [1], steps=20)
-  assert early["loss_total"] != row["loss_total"]
+  np.testing.assert_allclose(row["restart_loss"][0], runner["loss"], rtol=1e-6)
+  assert row["restart_loss"][1] != row["restart_loss"][0]
+  np.testing.assert_allclose(row["restart_mmcs"][0], summary["mmcs"], rtol=1e-6)
   with pytest.raises(ValueError, match="steps=41"):
     sweep.spd_tms(tc, dc, params, [1], steps=41)
