@@ -28,18 +28,23 @@ def greedy_order(ci: np.ndarray) -> np.ndarray:
   return np.asarray(used + [c for c in range(ci.shape[1]) if c not in used])
 
 
-def ci_heatmaps(ci: dict, path: str, title: str = "") -> str:
-  """One heatmap per site: CI [n_inputs, C] of every subcomponent on one-hot inputs, columns in
-  `greedy_order`."""
+def ci_heatmaps(ci: dict, path: str, title: str = "", shown: float = 0.01) -> str:
+  """One heatmap per site: CI [n_inputs, C] on one-hot inputs of the subcomponents whose CI
+  exceeds `shown` on some input (as the paper's figures leave out the dead ones), columns in
+  `greedy_order`. Panels 1.5-5 inches high, so a 100-input site stays readable."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(len(ci), 1, figsize=(8, 1.2 + 0.25 * sum(v.shape[0] for v in
-                                                                      ci.values())),
-                           squeeze=False, layout="constrained")
+  heights = [min(max(1.0 + 0.04 * v.shape[0], 1.5), 5.0) for v in ci.values()]
+  fig, axes = plt.subplots(len(ci), 1, figsize=(8, 0.6 + sum(heights)), squeeze=False,
+                           layout="constrained", gridspec_kw={"height_ratios": heights})
   for ax, (site, v) in zip(axes[:, 0], ci.items()):
-    im = ax.imshow(v[:, greedy_order(v)], vmin=0, vmax=1, cmap="Blues", aspect="auto")
-    ax.set_title(site, fontsize=9)
+    alive = np.flatnonzero(v.max(0) > shown)
+    v = v[:, alive] if alive.size else v[:, :1]
+    im = ax.imshow(v[:, greedy_order(v)], vmin=0, vmax=1, cmap="Blues", aspect="auto",
+                   interpolation="nearest")
+    ax.set_title(f"{site}: {alive.size} of {len(ci[site][0])} subcomponents with CI > {shown}",
+                 fontsize=9)
     ax.set_ylabel("input feature")
   axes[-1, 0].set_xlabel("subcomponent (greedy order)")
   fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.6)
