@@ -63,7 +63,8 @@ def test_figure_counts_sum_column_norms_over_features_and_cut_absolutely():
 def test_resid_mlp_analysis_reads_later_layers_neurons_from_the_whole_stream(tmp_path):
   """Two layers, W_E = I: layer 0's neuron fires on e_0 and writes -5 into the direction layer
   1's neuron reads, so layer 1 fires on e_1 alone (through the embedding alone it would fire on
-  both). Its one W_out subcomponent is active on e_1 alone: equal to the firing on both inputs. W_in: e_0 has one subcomponent over the layers, e_1 two."""
+  both). Its one W_out subcomponent is active on e_1 alone: equal to the firing on both inputs.
+  W_in: e_0 has one subcomponent over the layers, e_1 two."""
   params = {"W_E": np.eye(2), "layers": {
       "0": {"W_in": np.array([[1.0, 0.0]]), "W_out": np.array([[0.0], [-5.0]])},
       "1": {"W_in": np.array([[1.0, 1.0]]), "W_out": np.array([[1.0], [0.0]])}}}
