@@ -15,6 +15,7 @@ import numpy as np
 from paramdecomp.core.metrics import mmcs_ml2r, share_structure
 from paramdecomp.methods import spd
 from paramdecomp.runs import figures
+from paramdecomp.toy_models import tms
 
 
 def greedy_order(ci: np.ndarray) -> np.ndarray:
@@ -43,7 +44,7 @@ def ci_heatmaps(ci: dict, path: str, title: str = "", shown: float = 0.01) -> st
     v = v[:, alive] if alive.size else v[:, :1]
     im = ax.imshow(v[:, greedy_order(v)], vmin=0, vmax=1, cmap="Blues", aspect="auto",
                    interpolation="nearest")
-    ax.set_title(f"{site}: {alive.size} of {len(ci[site][0])} subcomponents with CI > {shown}",
+    ax.set_title(f"{site}: {alive.size} of {ci[site].shape[1]} subcomponents with CI > {shown}",
                  fontsize=9)
     ax.set_ylabel("input feature")
   axes[-1, 0].set_xlabel("subcomponent (greedy order)")
@@ -109,18 +110,18 @@ def tms_analysis(c, params, state, tcfg, ci, out_dir) -> dict:
   subs = spd.subcomponents(state)
   mats = subs["W"]
   out = dict(tms_measures(w, subs, c), n_features=int(tcfg.model.n_features),
-             represented_features=int((np.linalg.norm(np.asarray(w), axis=0) >= 0.5).sum()))
-  mmcs, ml2r = out["mmcs"], out["ml2r"]
+             represented_features=int(tms.represented_features(params).sum()))
   if "hidden" in state.sub:   # the identity: m1 subcomponents summing to I, CI ~1 everywhere
     h = np.asarray(subs["hidden"].sum(0))
     out["hidden_sum_error"] = float(np.abs(h - np.asarray(params["hidden"]).reshape(h.shape))
                                     .max())
   if w.shape[0] == 2 and jax.process_index() == 0:
-    keep = np.asarray(spd.subcomponent_norms(state)["W"]) > c.analysis.negligible * float(
-        np.max(spd.subcomponent_norms(state)["W"]))
+    norms = np.asarray(spd.subcomponent_norms(state)["W"])
+    keep = norms > c.analysis.negligible * float(norms.max())
     out["arrows_figure"] = figures.tms_arrows(
         np.asarray(w), np.asarray(mats)[keep], os.path.join(out_dir, "tms_subcomponents.png"),
-        title=f"SPD on TMS {w.shape[1]}-{w.shape[0]}: MMCS {mmcs:.3f}, ML2R {ml2r:.3f}")
+        title=f"SPD on TMS {w.shape[1]}-{w.shape[0]}: MMCS {out['mmcs']:.3f}, "
+              f"ML2R {out['ml2r']:.3f}")
   return out
 
 

@@ -77,10 +77,9 @@ def _keep_lowest(rows: list[dict], n_seeds: int, restarts: int, first_start: int
     mine = rows[i * n:(i + 1) * n]
     r = int(np.argmin([row["loss_total"] for row in mine]))
     picks.append(i * n + r)
-    extra = {} if restarts == 1 else {"restart": first_start + r,
-                                      **{f"restart_{k}": [row[f] for row in mine]
-                                         for k, f in (("loss", "loss_total"), ("mmcs", "mmcs"),
-                                                      ("merged", "merged"), ("split", "split"))}}
+    extra = {} if restarts == 1 else {
+        "restart": first_start + r, "restart_loss": [row["loss_total"] for row in mine],
+        **{f"restart_{k}": [row[k] for row in mine] for k in ("mmcs", "merged", "split")}}
     out.append({**mine[r], **extra})
   return out, picks
 
